@@ -1,0 +1,8 @@
+"""progsae: progressive coding of sparse autoencoders — one training run serves every SAE size."""
+
+from progsae.errors import ProgsaeError
+from progsae.sae import SAE, SAEConfig, load_sae, save_sae
+
+__version__ = "0.1.0"
+
+__all__ = ["ProgsaeError", "SAE", "SAEConfig", "load_sae", "save_sae", "__version__"]

@@ -1,0 +1,262 @@
+"""The activation store: sharded safetensors plus meta.json, memory-mapped for reading.
+
+Layout of a store folder:
+    meta.json                        model, hook, d_model, context_length, dtype, splits
+    train-00000.safetensors ...      tensor "acts" [T, D] (+ "token_ids" [C, L] int32 when from text)
+    test-00000.safetensors ...
+Rows of a text shard follow its contexts in order: context c contributes rows for positions
+first_position..L-1, so row r maps back to (context, position) without storing positions.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from progsae.errors import ProgsaeError
+from progsae.sae.io import atomic_save_safetensors, atomic_write_json
+
+META_FILE = "meta.json"
+STORE_FORMAT = "progsae-activations"
+SPLITS = ("train", "test")
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "I32": np.int32, "I64": np.int64}
+
+
+def shard_name(split: str, index: int) -> str:
+    return f"{split}-{index:05d}.safetensors"
+
+
+def mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """Memory-map every tensor of a safetensors file as a read-only numpy array (no copy, no RAM)."""
+    try:
+        with open(path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ProgsaeError(f"{path}: shard listed in meta.json is missing") from None
+    except (struct.error, json.JSONDecodeError, UnicodeDecodeError):
+        raise ProgsaeError(f"{path}: corrupt shard (bad safetensors header)") from None
+    out = {}
+    base = 8 + header_len
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _ST_DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise ProgsaeError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
+        start, end = info["data_offsets"]
+        if base + end > size:
+            raise ProgsaeError(f"{path}: truncated shard ({size} bytes, header needs {base + end})")
+        shape = tuple(info["shape"])
+        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape) if end > start else np.zeros(shape, dtype)
+    return out
+
+
+def as_tensor(arr: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A torch tensor of (part of) a memory-mapped array, read into memory."""
+    return torch.from_numpy(np.array(arr)).to(dtype)
+
+
+@dataclass
+class ShardInfo:
+    file: str
+    tokens: int
+    contexts: int = 0
+
+
+class ActivationStore:
+    """Read access to a store folder: per-split shards, memory-mapped, and batch iterators."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        meta_path = self.path / META_FILE
+        if not self.path.is_dir():
+            raise ProgsaeError(f"{self.path}: no such activation store folder")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except FileNotFoundError:
+            raise ProgsaeError(f"{meta_path}: no such file (not an activation store)") from None
+        except json.JSONDecodeError as e:
+            raise ProgsaeError(f"{meta_path}: not valid JSON ({e})") from None
+        if self.meta.get("format") != STORE_FORMAT:
+            raise ProgsaeError(f"{meta_path}: not a progsae activation store")
+        self.d_model: int = int(self.meta["d_model"])
+
+    def shards(self, split: str) -> list[ShardInfo]:
+        if split not in self.meta["splits"]:
+            raise ProgsaeError(f"{self.path}: store has no '{split}' split (has {sorted(self.meta['splits'])})")
+        return [ShardInfo(**s) for s in self.meta["splits"][split]["shards"]]
+
+    def num_tokens(self, split: str) -> int:
+        return sum(s.tokens for s in self.shards(split))
+
+    def shard(self, split: str, index: int) -> dict[str, np.ndarray]:
+        """Memory-mapped arrays of one shard ("acts", and "token_ids" for text stores)."""
+        return mmap_safetensors(self.path / self.shards(split)[index].file)
+
+    @property
+    def first_position(self) -> int:
+        return int(self.meta.get("first_position", 0))
+
+    def iter_shards(self, split: str) -> Iterator[np.ndarray]:
+        for i in range(len(self.shards(split))):
+            yield self.shard(split, i)["acts"]
+
+    def _load_group(self, split, group, carry, shuffle, seed, epoch, g, dtype) -> torch.Tensor:
+        """Rows of a buffer of shards (after the previous buffer's leftover), shuffled if asked."""
+        parts = ([carry] if carry is not None else []) + [as_tensor(self.shard(split, i)["acts"], dtype) for i in group]
+        rows = torch.cat(parts)
+        if shuffle:
+            gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
+            rows = rows[torch.randperm(rows.shape[0], generator=gen)]
+        return rows
+
+    def iter_batches(
+        self,
+        split: str,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        start_batch: int = 0,
+        max_memory_bytes: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        loop: bool = False,
+        drop_last: bool = False,
+    ) -> Iterator[torch.Tensor]:
+        """Batches of activations [batch, d_model].
+
+        With shuffle, each epoch takes shards in a seeded random order, loads as many as fit in
+        `max_memory_bytes` into a buffer and yields its rows in a seeded random order; the stream
+        is a pure function of (seed, batch index), so `start_batch` resumes it exactly.
+        """
+        infos = self.shards(split)
+        if not infos or sum(s.tokens for s in infos) == 0:
+            raise ProgsaeError(f"{self.path}: the '{split}' split is empty")
+        row_bytes = self.d_model * 4
+        epoch = 0
+        produced = 0  # batches emitted or skipped so far
+        while True:
+            order = list(range(len(infos)))
+            if shuffle:
+                order = np.random.default_rng([seed, epoch]).permutation(len(infos)).tolist()
+            groups: list[list[int]] = [[]]
+            budget = max_memory_bytes or (1 << 62)
+            used = 0
+            for i in order:
+                need = infos[i].tokens * row_bytes
+                if groups[-1] and used + need > budget:
+                    groups.append([])
+                    used = 0
+                groups[-1].append(i)
+                used += need
+            carry: torch.Tensor | None = None
+            for g, group in enumerate(groups):
+                n_rows = sum(infos[i].tokens for i in group) + (0 if carry is None else carry.shape[0])
+                n_full = n_rows // batch_size
+                if produced + n_full <= start_batch:  # skip whole buffers without reading their rows
+                    produced += n_full
+                    tail = n_rows % batch_size
+                    carry = self._load_group(split, group, carry, shuffle, seed, epoch, g, dtype)[n_rows - tail :] if tail else None
+                    continue
+                rows = self._load_group(split, group, carry, shuffle, seed, epoch, g, dtype)
+                for b in range(n_full):
+                    if produced >= start_batch:
+                        yield rows[b * batch_size : (b + 1) * batch_size]
+                    produced += 1
+                rest = rows[n_full * batch_size :]
+                carry = rest if rest.shape[0] else None
+                del rows
+            if carry is not None and not drop_last and not loop:
+                if produced >= start_batch:
+                    yield carry
+                produced += 1
+            if not loop:
+                return
+            epoch += 1
+
+
+class StoreWriter:
+    """Append activations to one split of a store, one atomically written shard at a time.
+
+    meta.json is rewritten after every shard, so an interrupted writer loses at most the shard
+    in progress; reopening with the same meta resumes after the last complete shard.
+    """
+
+    def __init__(self, path, meta: dict, split: str, shard_tokens: int = 65536, storage_dtype: str = "float32"):
+        if split not in SPLITS:
+            raise ProgsaeError(f"unknown split '{split}' (use train or test)")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.split = split
+        self.shard_tokens = shard_tokens
+        self.np_dtype = {"float32": torch.float32, "float16": torch.float16}[storage_dtype]
+        meta_path = self.path / META_FILE
+        if meta_path.exists():
+            self.meta = json.loads(meta_path.read_text())
+            for key in ("model", "hook", "d_model", "context_length"):
+                if key in meta and self.meta.get(key) != meta.get(key):
+                    raise ProgsaeError(
+                        f"{meta_path}: existing store has {key}={self.meta.get(key)!r}, this run wants {meta.get(key)!r}; use a new --out"
+                    )
+        else:
+            self.meta = {"format": STORE_FORMAT, "version": 1, **meta, "dtype": storage_dtype, "splits": {}}
+        self.meta["splits"].setdefault(split, {"shards": [], "tokens": 0, "contexts": 0, "complete": False})
+        self._acts: list[torch.Tensor] = []
+        self._ids: list[torch.Tensor] = []
+        self._pending = 0
+        atomic_write_json(meta_path, self.meta)
+
+    @property
+    def split_meta(self) -> dict:
+        return self.meta["splits"][self.split]
+
+    @property
+    def tokens_written(self) -> int:
+        return int(self.split_meta["tokens"])
+
+    @property
+    def contexts_written(self) -> int:
+        return int(self.split_meta["contexts"])
+
+    def add(self, acts_TD: torch.Tensor, token_ids_CL: torch.Tensor | None = None) -> None:
+        """Queue rows (and the contexts they came from); writes a shard each time enough rows are queued."""
+        if not torch.isfinite(acts_TD).all():
+            raise ProgsaeError("activations contain NaN or inf; refusing to store them")
+        self._acts.append(acts_TD.detach().to("cpu", self.np_dtype))
+        if token_ids_CL is not None:
+            self._ids.append(token_ids_CL.detach().to("cpu", torch.int32))
+        self._pending += acts_TD.shape[0]
+        if self._pending >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued rows as one shard and record it in meta.json."""
+        if not self._pending:
+            return
+        index = len(self.split_meta["shards"])
+        tensors = {"acts": torch.cat(self._acts)}
+        contexts = 0
+        if self._ids:
+            tensors["token_ids"] = torch.cat(self._ids)
+            contexts = tensors["token_ids"].shape[0]
+        name = shard_name(self.split, index)
+        atomic_save_safetensors(tensors, self.path / name)
+        self.split_meta["shards"].append({"file": name, "tokens": int(tensors["acts"].shape[0]), "contexts": contexts})
+        self.split_meta["tokens"] += int(tensors["acts"].shape[0])
+        self.split_meta["contexts"] += contexts
+        atomic_write_json(self.path / META_FILE, self.meta)
+        self._acts, self._ids, self._pending = [], [], 0
+
+    def close(self) -> None:
+        """Flush and mark the split complete."""
+        self.flush()
+        self.split_meta["complete"] = True
+        atomic_write_json(self.path / META_FILE, self.meta)

@@ -1,0 +1,166 @@
+"""The SAE contract every architecture shares: encode, decode, save/load, permute, select.
+
+Tensor names carry their shapes: B batch, D d_in, N n_latents, K active latents per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from progsae.sae.config import SAEConfig
+
+
+@dataclass
+class TrainContext:
+    """What the trainer hands an SAE each step; the SAE owns its loss terms."""
+
+    dead_mask_N: Tensor | None = None  # latents that have not fired within the dead window
+    aux_coef: float = 1 / 32
+    k_aux: int = 256
+    l1_coef: float = 0.0
+    generator: torch.Generator | None = None  # random Matryoshka prefixes
+
+
+@dataclass
+class StepOutput:
+    """One training step's result: the loss to backpropagate and its named parts."""
+
+    loss: Tensor
+    losses: dict[str, Tensor]
+    x_hat_BD: Tensor
+    fired_N: Tensor  # bool, latents active for at least one row of the batch
+    l0: Tensor  # mean number of active latents per row
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+class SAE(nn.Module):
+    """Base class: x_hat = decode(encode(x)); subclasses define the activation rule."""
+
+    architecture: ClassVar[str] = ""
+    extra_tensors: ClassVar[tuple[str, ...]] = ()  # saved beside W_enc/W_dec/b_enc/b_dec
+
+    def __init__(self, cfg: SAEConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        dtype = dtype or getattr(torch, cfg.dtype)
+        d, n = cfg.d_in, cfg.n_latents
+        self.W_enc = nn.Parameter(torch.zeros(d, n, device=device, dtype=dtype))
+        self.W_dec = nn.Parameter(torch.zeros(n, d, device=device, dtype=dtype))
+        self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
+
+    # ---- inference -------------------------------------------------------------------------
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    def pre_acts(self, x_BD: Tensor) -> Tensor:
+        """Encoder pre-activations W_enc^T (x - b_dec) + b_enc."""
+        if self.cfg.subtract_b_dec:
+            x_BD = x_BD - self.b_dec
+        return x_BD @ self.W_enc + self.b_enc
+
+    def activation(self, pre_BN: Tensor) -> Tensor:
+        """The inference activation rule applied to pre-activations."""
+        raise NotImplementedError
+
+    def encode(self, x_BD: Tensor) -> Tensor:
+        """Dense latent codes z [B, N]; a mask-mode SAE zeros latents >= mask_size."""
+        z_BN = self.activation(self.pre_acts(x_BD))
+        if self.cfg.mask_size is not None:
+            z_BN = z_BN.clone()
+            z_BN[..., self.cfg.mask_size :] = 0
+        return z_BN
+
+    def decode(self, z_BN: Tensor) -> Tensor:
+        return z_BN @ self.W_dec + self.b_dec
+
+    def forward(self, x_BD: Tensor) -> Tensor:
+        return self.decode(self.encode(x_BD))
+
+    # ---- training --------------------------------------------------------------------------
+    def train_activation(self, pre_BN: Tensor) -> Tensor:
+        """The activation rule used in training (BatchTopK differs from its inference rule)."""
+        return self.activation(pre_BN)
+
+    def training_step(self, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
+        """Dense reference training step; fast architectures override it."""
+        from progsae.sae.losses import dense_step
+
+        return dense_step(self, x_BD, ctx)
+
+    def after_step(self, out: StepOutput) -> None:
+        """Update state that is not learned by gradient (e.g. BatchTopK's threshold)."""
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Rescale decoder rows to unit norm."""
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component parallel to each (unit) decoder row."""
+        if self.W_dec.grad is None:
+            return
+        g = self.W_dec.grad
+        g.sub_((g * self.W_dec).sum(dim=1, keepdim=True) * self.W_dec)
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Make an SAE trained on scale*x act on raw x with the same decoder: codes shrink by scale."""
+        self.b_enc.div_(scale)
+        self.b_dec.div_(scale)
+        for name in self.extra_tensors:
+            if name == "threshold":
+                getattr(self, name).div_(scale)
+        self.cfg.normalization = {"kind": "scalar", "scale": float(scale), "folded": True}
+
+    # ---- latent reordering -----------------------------------------------------------------
+    def latent_tensors(self) -> dict[str, int]:
+        """Tensors indexed by latent, with the dimension that holds the latent index."""
+        out = {"W_enc": 1, "W_dec": 0, "b_enc": 0}
+        for name in self.extra_tensors:
+            t = getattr(self, name)
+            if t.ndim > 0 and t.shape[0] == self.n_latents:
+                out[name] = 0
+        return out
+
+    @torch.no_grad()
+    def select(self, idx_G: Tensor, **cfg_changes) -> "SAE":
+        """A new SAE holding only the latents idx (in that order); cfg fields may be overridden."""
+        idx_G = torch.as_tensor(idx_G, dtype=torch.long, device=self.W_enc.device)
+        changes = {"prefixes": None, "mask_size": None, **cfg_changes}
+        cfg = replace(self.cfg, n_latents=int(idx_G.numel()), **changes)
+        cfg.provenance = dict(cfg.provenance)
+        new = type(self)(cfg, device=self.W_enc.device, dtype=self.W_enc.dtype)
+        state = {}
+        for name, t in self.state_dict().items():
+            dim = self.latent_tensors().get(name)
+            state[name] = t.index_select(dim, idx_G).clone() if dim is not None else t.clone()
+        new.load_state_dict(state)
+        return new
+
+    @torch.no_grad()
+    def permute(self, perm_N: Tensor) -> "SAE":
+        """The same SAE with latents reordered so new latent j is old latent perm[j]; outputs unchanged."""
+        perm_N = torch.as_tensor(perm_N, dtype=torch.long)
+        if perm_N.numel() != self.n_latents or not torch.equal(perm_N.sort().values, torch.arange(self.n_latents)):
+            from progsae.errors import ProgsaeError
+
+            raise ProgsaeError(f"ordering is not a permutation of the {self.n_latents} latents")
+        return self.select(perm_N)
+
+    # ---- files -----------------------------------------------------------------------------
+    def save(self, path) -> None:
+        from progsae.sae.io import save_sae
+
+        save_sae(self, path)
