@@ -1,0 +1,123 @@
+"""The study configuration (`progsae reproduce`): dataclasses loaded from JSON presets or user files."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from progsae.errors import ProgsaeError
+
+PRESETS = ("embedded", "quick", "paper")
+
+
+@dataclass
+class DataConfig:
+    """Where activations come from: a language model, a hook site on it, and a text corpus."""
+
+    model: str = "smollm2"
+    hook: str = "resid_post.14"
+    corpus: str = "embedded"
+    context_length: int = 128
+    train_tokens: int = 300_000
+    test_tokens: int = 20_000
+    storage_dtype: str = "float32"
+    collect_batch_size: int = 16
+
+
+@dataclass
+class TrainStudyConfig:
+    """The SAEs the study trains: a vanilla and a Matryoshka SAE of size n, and vanilla baselines at each G."""
+
+    arch: str = "topk"
+    k: int = 32
+    granularities: list[int] = field(default_factory=lambda: [4096, 8192, 16384])  # the last is n
+    batch_size: int = 4096
+    epochs: float = 1.0
+    lr: float | None = None
+    seed: int = 0
+    size_matched_baselines: bool = True
+
+
+@dataclass
+class EvalConfig:
+    metrics: list[str] = field(default_factory=lambda: ["recon", "ce", "rsa", "interp"])
+    modes: list[str] = field(default_factory=lambda: ["mask", "retopk"])
+    ce_contexts: int = 32
+    ce_batch_size: int = 8
+    rsa_tokens: int = 2000
+    interp_latents_per_band: int = 16
+    interp_explainer: str = "deterministic"
+    seed: int = 0
+
+
+@dataclass
+class StudyConfig:
+    """Everything `progsae reproduce` needs; its JSON form is what a user copies and edits."""
+
+    name: str = "embedded"
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainStudyConfig = field(default_factory=TrainStudyConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def n_latents(self) -> int:
+        return self.train.granularities[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """A short digest of the named config sections: a stage re-runs when its inputs change."""
+        d = self.to_dict()
+        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "StudyConfig":
+        def build(kind, values, where):
+            if not isinstance(values, dict):
+                raise ProgsaeError(f"{source}: section '{where}' must be an object")
+            names = {f.name for f in dataclasses.fields(kind)}
+            unknown = sorted(set(values) - names)
+            if unknown:
+                raise ProgsaeError(f"{source}: unknown keys {unknown} in '{where}' (known: {sorted(names)})")
+            return kind(**values)
+
+        d = dict(d)
+        parts = {"data": DataConfig, "train": TrainStudyConfig, "eval": EvalConfig}
+        for key, kind in parts.items():
+            d[key] = build(kind, d.get(key, {}), key)
+        cfg = build(cls, d, "top level")
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        g = self.train.granularities
+        if not g or any(b <= a for a, b in zip(g, g[1:])):
+            raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
+        if self.train.k > g[0]:
+            raise ProgsaeError(f"{source}: train.k={self.train.k} exceeds the smallest granularity {g[0]}")
+
+
+def preset_path(name: str) -> Path:
+    if name not in PRESETS:
+        raise ProgsaeError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
+    return Path(str(resources.files("progsae") / "presets" / f"{name}.json"))
+
+
+def load_study_config(path: str | Path | None = None, preset: str | None = None) -> StudyConfig:
+    """A study config from a JSON file, else from a named preset (default: embedded)."""
+    p = Path(path) if path else preset_path(preset or "embedded")
+    try:
+        raw = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ProgsaeError(f"{p}: no such config file") from None
+    except json.JSONDecodeError as e:
+        raise ProgsaeError(f"{p}: not valid JSON ({e})") from None
+    return StudyConfig.from_dict(raw, source=str(p))

@@ -1,0 +1,61 @@
+"""The stage runner skips finished stages, re-runs on config change or --force, and cascades downstream."""
+
+import pytest
+
+from progsae.config import load_study_config
+from progsae.errors import ProgsaeError
+from progsae.study.stages import RunContext, Stage, run_stages
+
+
+def make_stages(calls):
+    def writer(name):
+        def run(ctx):
+            calls.append(name)
+            ctx.path(f"{name}.txt").write_text(name)
+            return {"n": len(calls)}
+
+        return run
+
+    return [
+        Stage("a", ("data",), (), ("a.txt",), writer("a")),
+        Stage("b", ("train",), ("a",), ("b.txt",), writer("b")),
+        Stage("c", ("eval",), ("b",), ("c.txt",), writer("c")),
+    ]
+
+
+def test_finished_stages_are_skipped_and_changes_cascade(tmp_path):
+    cfg = load_study_config(preset="quick")
+    calls: list[str] = []
+    ctx = RunContext(cfg, tmp_path)
+    run_stages(make_stages(calls), ctx, log=lambda m: None)
+    assert calls == ["a", "b", "c"]
+    run_stages(make_stages(calls), ctx, log=lambda m: None)
+    assert calls == ["a", "b", "c"]  # nothing re-ran
+    cfg.train.k = 4  # only 'train' changed: b re-runs, and so does c, which reads b
+    run_stages(make_stages(calls), ctx, log=lambda m: None)
+    assert calls == ["a", "b", "c", "b", "c"]
+    run_stages(make_stages(calls), ctx, force={"c"}, log=lambda m: None)
+    assert calls[-1] == "c" and len(calls) == 6
+    (tmp_path / "a.txt").unlink()  # a lost output makes its stage (and those after) run again
+    run_stages(make_stages(calls), ctx, log=lambda m: None)
+    assert calls[-3:] == ["a", "b", "c"]
+
+
+def test_interrupted_stage_resumes_without_redoing_earlier_ones(tmp_path):
+    cfg = load_study_config(preset="quick")
+    calls: list[str] = []
+    stages = make_stages(calls)
+
+    def boom(ctx):
+        raise KeyboardInterrupt
+
+    broken = stages[:1] + [Stage("b", ("train",), ("a",), ("b.txt",), boom)] + stages[2:]
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(broken, RunContext(cfg, tmp_path), log=lambda m: None)
+    run_stages(make_stages(calls), RunContext(cfg, tmp_path), log=lambda m: None)
+    assert calls == ["a", "b", "c"]  # a ran once, before the interrupt
+
+
+def test_unknown_forced_stage_is_refused(tmp_path):
+    with pytest.raises(ProgsaeError, match="unknown stage 'zzz'"):
+        run_stages(make_stages([]), RunContext(load_study_config(preset="quick"), tmp_path), force={"zzz"})
