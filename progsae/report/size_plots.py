@@ -1,0 +1,82 @@
+"""Figures of the study: each metric against SAE size (one line per method), interpretability per band."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+METHOD_STYLE = {
+    "matryoshka": ("tab:red", "o", "-"),
+    "vanilla": ("black", "s", "--"),
+    "pruned-ef2": ("tab:blue", "^", "-"),
+    "pruned-freq": ("tab:green", "v", "-"),
+    "pruned-unsorted": ("tab:gray", "x", ":"),
+    "pruned-random": ("tab:purple", "d", ":"),
+}
+METRIC_LABEL = {
+    "fvu": "FVU (lower is better)",
+    "ce_recaptured_zero": "recaptured CE vs zero-ablation",
+    "ce_recaptured_mean": "recaptured CE vs mean-ablation",
+    "delta_ce": "ΔCE (nats, lower is better)",
+    "rsa": "RSA with original activations",
+    "cka": "linear CKA with original activations",
+    "l0": "L0",
+}
+
+
+def plot_metric_vs_size(records: list[dict], metric: str, path: Path, title: str = "") -> Path | None:
+    """One panel per mode; x = size G (log2), y = metric; one line per method. None if no data."""
+    rows = [r for r in records if r.get(metric) is not None]
+    if not rows:
+        return None
+    modes = sorted({r["mode"] for r in rows if r["mode"] != "full"}) or ["full"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4), squeeze=False, sharey=True)
+    for ax, mode in zip(axes[0], modes):
+        for method, (color, marker, ls) in METHOD_STYLE.items():
+            pts = sorted((r["size"], r[metric]) for r in rows if r["method"] == method and r["mode"] in (mode, "full"))
+            if pts:
+                ax.plot(*zip(*pts), color=color, marker=marker, linestyle=ls, label=method)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("SAE size G (latents)")
+        ax.set_title(f"{mode} mode" if mode != "full" else "trained")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(METRIC_LABEL.get(metric, metric))
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title or METRIC_LABEL.get(metric, metric))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_interp_bands(bands: dict[str, dict[str, dict]], path: Path) -> Path | None:
+    """Grouped bars: mean Pearson score per importance band for each method, with bootstrap intervals."""
+    if not bands:
+        return None
+    methods = list(bands)
+    band_names = list(next(iter(bands.values())))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(band_names), 4))
+    for i, method in enumerate(methods):
+        color = METHOD_STYLE.get(method, ("tab:orange",))[0]
+        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(band_names))]
+        vals = [bands[method][b]["mean"] for b in band_names]
+        lo = [bands[method][b]["mean"] - bands[method][b]["lo"] for b in band_names]
+        hi = [bands[method][b]["hi"] - bands[method][b]["mean"] for b in band_names]
+        ax.bar(xs, vals, width, yerr=[lo, hi], color=color, label=method, capsize=3)
+    ax.set_xticks(range(len(band_names)), band_names)
+    ax.set_xlabel("importance band (latent ranks)")
+    ax.set_ylabel("explain-then-simulate Pearson r")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
