@@ -159,6 +159,12 @@ class SAE(nn.Module):
             raise ProgsaeError(f"ordering is not a permutation of the {self.n_latents} latents")
         return self.select(perm_N)
 
+    def at_size(self, size: int, mode: str = "mask") -> "SAE":
+        """The first `size` latents of this Matryoshka or importance-sorted SAE ("mask" or "retopk"; see progsae.progressive.prune)."""
+        from progsae.progressive.prune import at_size
+
+        return at_size(self, size, mode=mode)
+
     # ---- files -----------------------------------------------------------------------------
     def save(self, path) -> None:
         from progsae.sae.io import save_sae
