@@ -2,7 +2,9 @@
 
 from progsae.errors import ProgsaeError
 from progsae.sae import SAE, SAEConfig, load_sae, save_sae
+from progsae.progressive import Importance, PowerLawFit, at_size, fit_power_law, importance, prune, sort_sae
 
 __version__ = "0.1.0"
 
 __all__ = ["ProgsaeError", "SAE", "SAEConfig", "load_sae", "save_sae", "__version__"]
+__all__ += ["Importance", "PowerLawFit", "at_size", "fit_power_law", "importance", "prune", "sort_sae"]
