@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from progsae.sae.base import SAE, SAEConfig, StepOutput
+from progsae.sae.base import SAE, SAEConfig, StepOutput, TrainContext
 from progsae.sae.registry import register
 
 THRESHOLD_MOMENTUM = 0.99
@@ -22,6 +22,7 @@ def batch_topk_dense(pre_BN: Tensor, k: int) -> Tensor:
 class BatchTopKSAE(SAE):
     architecture = "batchtopk"
     extra_tensors = ("threshold",)
+    batch_topk_training = True  # read by progsae.sae.sparse_step
 
     def __init__(self, cfg: SAEConfig, device=None, dtype=None):
         super().__init__(cfg, device=device, dtype=dtype)
@@ -37,6 +38,12 @@ class BatchTopKSAE(SAE):
 
     def train_activation(self, pre_BN: Tensor) -> Tensor:
         return batch_topk_dense(pre_BN, self.cfg.k)
+
+    def training_step(self, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
+        """Sparse-backward step (progsae.sae.sparse_step) unless inside `dense_reference()`."""
+        from progsae.sae.sparse_step import sparse_enabled, sparse_step
+
+        return sparse_step(self, x_BD, ctx) if sparse_enabled() else super().training_step(x_BD, ctx)
 
     @torch.no_grad()
     def after_step(self, out: StepOutput) -> None:

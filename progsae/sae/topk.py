@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from progsae.sae.base import SAE
+from progsae.sae.base import SAE, StepOutput, TrainContext
 from progsae.sae.registry import register
 
 
@@ -21,3 +21,9 @@ class TopKSAE(SAE):
 
     def activation(self, pre_BN: Tensor) -> Tensor:
         return topk_dense(pre_BN, self.cfg.k)
+
+    def training_step(self, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
+        """Sparse-backward step (progsae.sae.sparse_step) unless inside `dense_reference()`."""
+        from progsae.sae.sparse_step import sparse_enabled, sparse_step
+
+        return sparse_step(self, x_BD, ctx) if sparse_enabled() else super().training_step(x_BD, ctx)

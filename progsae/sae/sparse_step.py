@@ -1,0 +1,166 @@
+"""Fast training step for TopK and BatchTopK SAEs (with Matryoshka and AuxK) on the sparse kernels.
+
+It computes exactly what `progsae.sae.losses.dense_step` computes (same loss names and statistics), but
+the backward touches only the selected latents. `dense_reference()` switches back to the dense step.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from progsae.kernels.sparse_topk import Selection, sparse_decode_bags, sparse_encode, topk_selection
+from progsae.sae.base import SAE, StepOutput, TrainContext
+from progsae.sae.losses import prefix_sizes, prefix_weights, sq_error
+
+_SPARSE_ENABLED = True
+
+
+def sparse_enabled() -> bool:
+    """Whether TopK/BatchTopK training steps take the sparse path (the default)."""
+    return _SPARSE_ENABLED
+
+
+@contextmanager
+def dense_reference() -> Iterator[None]:
+    """Within this block TopK/BatchTopK `training_step` uses the dense autograd reference (tests, benchmarks)."""
+    global _SPARSE_ENABLED
+    old, _SPARSE_ENABLED = _SPARSE_ENABLED, False
+    try:
+        yield
+    finally:
+        _SPARSE_ENABLED = old
+
+
+def _sorted_by_row_col(rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, n: int) -> Selection:
+    order = torch.argsort(rows_E * n + cols_E)
+    return rows_E[order], cols_E[order], vals_E[order]
+
+
+def batch_topk_selection(relu_pre_BN: Tensor, k: int) -> Selection:
+    """The k*B largest entries of the whole batch (zeros dropped), sorted by (row, latent).
+
+    Each row offers its top candidates; a row whose candidates were all taken (and still positive) may hold
+    more winners, so only such rows are re-offered with 4x more candidates until none is saturated.
+    """
+    B, n = relu_pre_BN.shape
+    total = min(k * B, B * n)
+    kc_B = torch.full((B,), min(n, 2 * k), dtype=torch.long, device=relu_pre_BN.device)
+    vals_BC, cols_BC = relu_pre_BN.topk(int(kc_B[0]), dim=-1, sorted=False)
+    rows_C = torch.arange(B, device=relu_pre_BN.device).repeat_interleave(cols_BC.shape[1])
+    cols_C, vals_C = cols_BC.flatten(), vals_BC.flatten()
+    min_B = vals_BC.amin(-1)
+    while True:
+        pos = vals_C.topk(total, sorted=False).indices
+        taken_B = torch.bincount(rows_C[pos], minlength=B)
+        sat_B = (taken_B == kc_B) & (min_B > 0) & (kc_B < n)
+        if not bool(sat_B.any()):
+            break
+        sat_rows = sat_B.nonzero().squeeze(1)
+        kc = min(n, 4 * int(kc_B[sat_rows].max()))
+        v_SC, c_SC = relu_pre_BN.index_select(0, sat_rows).topk(kc, dim=-1, sorted=False)
+        keep = ~sat_B[rows_C]
+        rows_C = torch.cat([rows_C[keep], sat_rows.repeat_interleave(kc)])
+        cols_C = torch.cat([cols_C[keep], c_SC.flatten()])
+        vals_C = torch.cat([vals_C[keep], v_SC.flatten()])
+        kc_B[sat_rows] = kc
+        min_B[sat_rows] = v_SC.amin(-1)
+    rows_E, cols_E, vals_E = rows_C[pos], cols_C[pos], vals_C[pos]
+    pos_E = vals_E > 0
+    return _sorted_by_row_col(rows_E[pos_E], cols_E[pos_E], vals_E[pos_E], n)
+
+
+def aux_selection(relu_pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
+    """Top k_aux dead latents per row (positive entries only), sorted by row."""
+    B, n = relu_pre_BN.shape
+    dead_idx = dead_N.nonzero().squeeze(1)
+    sub_BM = relu_pre_BN if dead_idx.numel() == n else relu_pre_BN.index_select(1, dead_idx)
+    vals_BK, j_BK = sub_BM.topk(k_aux, dim=-1, sorted=False)
+    rows_E = torch.arange(B, device=j_BK.device).repeat_interleave(k_aux)
+    cols_E, vals_E = dead_idx[j_BK.flatten()], vals_BK.flatten()
+    pos_E = vals_E > 0
+    return rows_E[pos_E], cols_E[pos_E], vals_E[pos_E]
+
+
+def _prefix_recon(
+    sae: SAE, x_BD: Tensor, rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, prefixes: list[int], weights: list[float]
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """Matryoshka: one decode of per-(row, latent group) partial sums, prefix reconstructions by a running sum."""
+    B, D = x_BD.shape
+    G = len(prefixes)
+    bounds_G1 = torch.tensor(prefixes[:-1], dtype=cols_E.dtype, device=cols_E.device)
+    bags_E = rows_E * G + torch.searchsorted(bounds_G1, cols_E, right=True)
+    parts_BGD = sparse_decode_bags(vals_E, cols_E, bags_E, sae.W_dec, B * G).view(B, G, D)
+    x_hat_BGD = parts_BGD.cumsum(1) + sae.b_dec
+    err_G = (x_BD[:, None, :] - x_hat_BGD).pow(2).sum(-1).mean(0)
+    w_G = torch.tensor(weights, dtype=err_G.dtype, device=err_G.device)
+    terms = {f"recon_{m}": err_G[g].detach() for g, m in enumerate(prefixes)}
+    return (w_G * err_G).sum(), x_hat_BGD[:, -1], terms
+
+
+def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
+    """Training step for TopK / BatchTopK (+Matryoshka, AuxK, L1) equal to `dense_step`, with sparse backward."""
+    B = x_BD.shape[0]
+    n = sae.n_latents
+    k = int(sae.cfg.k)
+    batch = bool(getattr(sae, "batch_topk_training", False))
+    prefixes = prefix_sizes(sae, ctx)
+    dead_N = ctx.dead_mask_N
+    use_aux = sae.cfg.k is not None and ctx.aux_coef > 0
+    k_aux = min(ctx.k_aux, int(dead_N.sum())) if use_aux and dead_N is not None else 0
+    n_main: list[int] = []
+
+    def select(relu_pre_BN: Tensor) -> Selection:
+        if batch:
+            main = batch_topk_selection(relu_pre_BN, k)
+        else:
+            main = topk_selection(relu_pre_BN, k, sort_cols=bool(prefixes))
+        n_main.append(main[0].numel())
+        if k_aux == 0:
+            return main
+        aux = aux_selection(relu_pre_BN, dead_N.to(relu_pre_BN.device), k_aux)
+        return tuple(torch.cat([a, b]) for a, b in zip(main, aux))  # type: ignore[return-value]
+
+    rows_E, cols_E, vals_E = sparse_encode(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, select, sae.cfg.subtract_b_dec)
+    m = n_main[0]
+    rows_M, cols_M, vals_M = rows_E[:m], cols_E[:m], vals_E[:m]
+
+    losses: dict[str, Tensor] = {}
+    if prefixes:
+        recon, x_hat, terms = _prefix_recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes, prefix_weights(sae, prefixes))
+        losses.update(terms)
+    else:
+        x_hat = sparse_decode_bags(vals_M, cols_M, rows_M, sae.W_dec, B) + sae.b_dec
+        recon = sq_error(x_BD, x_hat)
+    losses["recon"] = recon
+    loss = recon
+    if use_aux:
+        if k_aux > 0:
+            resid = (x_BD - x_hat).detach()
+            aux_hat = sparse_decode_bags(vals_E[m:], cols_E[m:], rows_E[m:], sae.W_dec, B)
+            denom = (resid - resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
+            aux = sq_error(resid, aux_hat) / denom
+        else:
+            aux = x_BD.new_zeros(())
+        losses["aux"] = aux
+        loss = loss + ctx.aux_coef * aux
+    if ctx.l1_coef > 0:
+        l1 = (vals_M * sae.W_dec.norm(dim=1)[cols_M]).sum() / B
+        losses["l1"] = l1
+        loss = loss + ctx.l1_coef * l1
+
+    active_M = vals_M.detach() > 0
+    fired_N = torch.zeros(n, dtype=torch.bool, device=x_BD.device)
+    fired_N[cols_M[active_M]] = True
+    min_active = vals_M.detach()[active_M].min() if bool(active_M.any()) else x_BD.new_zeros(())
+    return StepOutput(
+        loss=loss,
+        losses=losses,
+        x_hat_BD=x_hat,
+        fired_N=fired_N,
+        l0=torch.bincount(rows_M[active_M], minlength=B).float().mean(),
+        extras={"min_active": min_active, "rows_E": rows_M, "cols_E": cols_M, "vals_E": vals_M.detach()},
+    )
