@@ -21,3 +21,22 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# The peer-library benchmark lives in its own environment (.venv-bench, gitignored): the peers are never
+# progsae dependencies, and dictionary-learning must go in --no-deps or it replaces torch with a CUDA build.
+BENCH_VENV := .venv-bench
+BENCH_PY := $(BENCH_VENV)/bin/python
+BENCH_STAMP := $(BENCH_VENV)/.bench-installed
+
+$(BENCH_STAMP): pyproject.toml benchmarks/env/requirements.txt benchmarks/env/requirements-nodeps.txt
+	test -x $(BENCH_PY) || python3 -m venv $(BENCH_VENV)
+	$(BENCH_PY) -m pip install -q --upgrade pip
+	$(BENCH_PY) -m pip install -q torch==2.13.0
+	$(BENCH_PY) -m pip install -q -e .
+	$(BENCH_PY) -m pip install -q -r benchmarks/env/requirements.txt
+	$(BENCH_PY) -m pip install -q --no-deps -r benchmarks/env/requirements-nodeps.txt
+	$(BENCH_PY) -c "import torch, sys; v = torch.__version__; print('bench env torch', v); sys.exit(v != '2.13.0+cpu')"
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	WANDB_MODE=disabled HF_HUB_OFFLINE=1 $(BENCH_PY) benchmarks/peers.py $(BENCH_ARGS)
