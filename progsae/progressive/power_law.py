@@ -174,7 +174,7 @@ def mle_fit(sorted_desc: np.ndarray, xmin: float | None, significance: float) ->
     return MLEFit(
         gamma=gamma,
         alpha_rank=1.0 / (gamma - 1.0) if gamma > 1.0 else float("inf"),
-        sigma=float(fit.power_law.sigma),
+        sigma=float(fit.power_law.standard_err),
         xmin=float(fit.xmin),
         n_tail=int(fit.n_tail),
         comparisons=comparisons,
