@@ -1,0 +1,243 @@
+"""Recaptured LM loss: splice each SAE's reconstruction into the model at its hook and measure next-token CE.
+
+Per batch of contexts the model runs once in full (clean logits, the activation at the site, and
+the outputs of every block before the splice point). Each variant then runs only the rest of the
+model: the blocks before the splice point are temporarily given a forward that returns their
+cached clean output, so the model itself still computes embeddings, positions and masks, and the
+site hook swaps in the variant's activation. Position 0 (BOS) is never changed and never scored.
+
+    recaptured vs ablation A = (CE_A − CE_sae) / (CE_A − CE_clean),  A ∈ {zero, mean}
+    ΔCE = CE_sae − CE_clean,  KL = mean over scored positions of KL(p_clean ‖ p_sae)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+from progsae.data.hooks import HookSite
+from progsae.errors import ProgsaeError
+from progsae.evals.common import Record, Variant
+
+Splice = Callable[[Tensor], Tensor]  # activation [B, T, D] -> replacement [B, T, D]
+
+
+class LMLossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    split: str = "test"
+    contexts: int = 32  # contexts of the split to score (the first ones, in store order)
+    batch_size: int = 8  # contexts per forward
+    mean_tokens: int = 100_000  # rows used for the mean-ablation vector
+    shared_prefix: bool = True  # False: one full forward per variant (the slow reference)
+
+
+class LMLossResult(Record):
+    tokens: int  # scored next-token predictions
+    ce_clean: float
+    ce_sae: float
+    ce_zero: float
+    ce_mean: float
+    ce_recaptured_zero: float | None
+    ce_recaptured_mean: float | None
+    delta_ce: float
+    kl: float
+
+
+# ---- splicing ---------------------------------------------------------------------------------
+def keep_first(fn: Callable[[Tensor], Tensor]) -> Splice:
+    """A splice that applies fn to positions 1.. and leaves position 0 as it was."""
+
+    def splice(acts_BTD: Tensor) -> Tensor:
+        out = acts_BTD.clone()
+        out[:, 1:] = fn(acts_BTD[:, 1:]).to(acts_BTD.dtype)
+        return out
+
+    return splice
+
+
+def sae_splice(sae) -> Splice:
+    def recon(a_BTD: Tensor) -> Tensor:
+        flat = a_BTD.reshape(-1, a_BTD.shape[-1]).to(sae.W_enc.dtype)
+        return sae(flat).reshape(a_BTD.shape)
+
+    return keep_first(recon)
+
+
+def constant_splice(value_D: Tensor) -> Splice:
+    return keep_first(lambda a: value_D.to(a.dtype).expand_as(a))
+
+
+def prefix_blocks(site: HookSite) -> int:
+    """How many leading blocks a variant need not recompute: through block L for resid_post.L, else before L."""
+    return site.layer + 1 if site.kind == "resid_post" else site.layer
+
+
+@contextlib.contextmanager
+def cached_prefix(blocks: list[nn.Module], outputs: list) -> Iterator[None]:
+    """Make blocks[j] return outputs[j] without computing anything, for the duration of the block."""
+    saved = []
+    for block, out in zip(blocks, outputs):
+        saved.append(block.__dict__.get("forward"))
+        block.forward = lambda *args, _out=out, **kwargs: _out
+    try:
+        yield
+    finally:
+        for block, old in zip(blocks, saved):
+            if old is None:
+                del block.forward
+            else:
+                block.forward = old
+
+
+def _logits(model: nn.Module, ids_BT: Tensor) -> Tensor:
+    return model(input_ids=ids_BT, use_cache=False).logits
+
+
+class SharedPrefixRunner:
+    """Runs the clean model once per batch and each variant's splice through the suffix only."""
+
+    def __init__(self, model: nn.Module, site: HookSite, shared_prefix: bool = True):
+        self.model, self.site, self.shared = model, site, shared_prefix
+        self.k = prefix_blocks(site) if shared_prefix else 0
+        self._outputs: list = []
+        self.clean_acts: Tensor | None = None
+
+    @torch.no_grad()
+    def clean(self, ids_BT: Tensor) -> Tensor:
+        """Clean logits; remembers the site activation and the outputs of the prefix blocks."""
+        self._outputs = [None] * self.k
+        handles = [
+            self.site.blocks[j].register_forward_hook(lambda m, a, out, j=j: self._outputs.__setitem__(j, out)) for j in range(self.k)
+        ]
+        handles.append(self.site.add_hook(lambda a: setattr(self, "clean_acts", a.detach())))
+        try:
+            return _logits(self.model, ids_BT)
+        finally:
+            for h in handles:
+                h.remove()
+
+    @torch.no_grad()
+    def variant(self, ids_BT: Tensor, splice: Splice) -> Tensor:
+        """Logits with the site activation replaced by splice(activation), after clean() on the same ids."""
+        handle = self.site.add_hook(splice)
+        try:
+            with cached_prefix(list(self.site.blocks)[: self.k], self._outputs):
+                return _logits(self.model, ids_BT)
+        finally:
+            handle.remove()
+
+
+# ---- losses ------------------------------------------------------------------------------------
+def _scored(logits_BTV: Tensor, ids_BT: Tensor) -> tuple[Tensor, Tensor]:
+    """Log-probs at positions 1..T-2 and their next-token targets (position 0 never scored)."""
+    return logits_BTV[:, 1:-1].float().log_softmax(-1), ids_BT[:, 2:]
+
+
+def ce_sum(logp_BTV: Tensor, targets_BT: Tensor) -> float:
+    return float(-logp_BTV.gather(-1, targets_BT.unsqueeze(-1)).double().sum())
+
+
+def kl_sum(logp_clean: Tensor, p_clean: Tensor, logp: Tensor) -> float:
+    return float((p_clean * (logp_clean - logp)).sum(-1).double().sum())
+
+
+@torch.no_grad()
+def evaluate_lm_loss(
+    model: nn.Module,
+    site: HookSite,
+    batches: Iterable[Tensor],
+    variants: list[Variant],
+    mean_D: Tensor,
+    shared_prefix: bool = True,
+    progress=None,
+) -> list[LMLossResult]:
+    """CE_clean, CE_zero, CE_mean and per-variant CE/KL on the same token batches [B, T] (T >= 3)."""
+    runner = SharedPrefixRunner(model, site, shared_prefix)
+    zero = torch.zeros_like(mean_D)
+    n = 0
+    ce_clean = ce_zero = ce_mean = 0.0
+    ce_v = [0.0] * len(variants)
+    kl_v = [0.0] * len(variants)
+    splices = [sae_splice(v.sae) for v in variants]
+    for ids_BT in batches:
+        if ids_BT.shape[1] < 3:
+            raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
+        logp_c, targets = _scored(runner.clean(ids_BT), ids_BT)
+        p_c = logp_c.exp()
+        n += targets.numel()
+        ce_clean += ce_sum(logp_c, targets)
+        ce_zero += ce_sum(_scored(runner.variant(ids_BT, constant_splice(zero)), ids_BT)[0], targets)
+        ce_mean += ce_sum(_scored(runner.variant(ids_BT, constant_splice(mean_D)), ids_BT)[0], targets)
+        for i, splice in enumerate(splices):
+            logp = _scored(runner.variant(ids_BT, splice), ids_BT)[0]
+            ce_v[i] += ce_sum(logp, targets)
+            kl_v[i] += kl_sum(logp_c, p_c, logp)
+            del logp
+        if progress is not None:
+            progress(ids_BT.numel())
+    if n == 0:
+        raise ProgsaeError("no tokens to score for the LM loss")
+    c, z, m = ce_clean / n, ce_zero / n, ce_mean / n
+    out = []
+    for v, ce, kl in zip(variants, ce_v, kl_v):
+        s = ce / n
+        out.append(
+            LMLossResult(
+                **Record.header(v),
+                tokens=n,
+                ce_clean=c,
+                ce_sae=s,
+                ce_zero=z,
+                ce_mean=m,
+                ce_recaptured_zero=(z - s) / (z - c) if z != c else None,
+                ce_recaptured_mean=(m - s) / (m - c) if m != c else None,
+                delta_ce=s - c,
+                kl=kl / n,
+            )
+        )
+    return out
+
+
+# ---- from an activation store ------------------------------------------------------------------
+def store_mean(store, split: str | None = None, max_tokens: int = 100_000) -> Tensor:
+    """Mean activation [D] over (up to max_tokens of) the train split, else the test split; float64 sums."""
+    from progsae.evals.common import iter_rows
+
+    split = split or ("train" if "train" in store.meta["splits"] and store.num_tokens("train") else "test")
+    total = torch.zeros(store.d_model, dtype=torch.float64)
+    n = 0
+    for x in iter_rows(store, split, 8192, max_tokens):
+        total += x.double().sum(0)
+        n += x.shape[0]
+    return (total / max(n, 1)).float()
+
+
+def store_token_batches(store, split: str, contexts: int, batch_size: int) -> Iterator[Tensor]:
+    """The first `contexts` token contexts [B, L] of a text store, in batches."""
+    left = contexts
+    for i in range(len(store.shards(split))):
+        sh = store.shard(split, i)
+        if "token_ids" not in sh:
+            raise ProgsaeError(f"{store.path}: shard {i} of '{split}' has no token_ids; the LM loss needs a store collected from text")
+        ids = sh["token_ids"]
+        for c0 in range(0, ids.shape[0], batch_size):
+            if left <= 0:
+                return
+            b = torch.from_numpy(ids[c0 : c0 + min(batch_size, left)].astype("int64"))
+            left -= b.shape[0]
+            yield b
+
+
+def evaluate_lm_loss_from_store(store, model: nn.Module, site: HookSite, variants: list[Variant], cfg: LMLossConfig | None = None, progress=None) -> list[LMLossResult]:
+    cfg = cfg or LMLossConfig()
+    for v in variants:
+        if v.sae.d_in != store.d_model:
+            raise ProgsaeError(f"{v.name}: SAE d_in={v.sae.d_in} but the store has d_model={store.d_model}")
+    mean_D = store_mean(store, max_tokens=cfg.mean_tokens)
+    batches = store_token_batches(store, cfg.split, cfg.contexts, cfg.batch_size)
+    return evaluate_lm_loss(model, site, batches, variants, mean_D, cfg.shared_prefix, progress)
