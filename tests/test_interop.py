@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import progsae
 from progsae import ProgsaeError, SAEConfig, load_sae
 from progsae.cli import main as cli_main
 from progsae.interop import detect_format, export_sae, import_sae
@@ -151,12 +152,17 @@ EXPORT_CASES = {
     "pruned_retopk": lambda: progsae_sae("topk").select(torch.randperm(N, generator=torch.Generator().manual_seed(3))[:20], k=K),
     "mask_jumprelu": lambda: progsae_sae("jumprelu").select(torch.arange(N), mask_size=20),
     "mask_batchtopk": lambda: progsae_sae("batchtopk").select(torch.arange(N), mask_size=30),
+    "matryoshka_prefix_mask": lambda: progsae.at_size(progsae_sae("batchtopk", prefixes=[12, 24, N]), 24, mode="mask"),
+    "matryoshka_prefix_retopk": lambda: progsae.at_size(progsae_sae("topk", prefixes=[12, 24, N]), 24, mode="retopk"),
+    "batchtopk_untrained": lambda: progsae_sae("batchtopk").select(torch.arange(N), mask_size=None),
 }
 
 
 @pytest.mark.parametrize("case", sorted(EXPORT_CASES))
 def test_export_loads_in_saelens_with_same_outputs(sl, case, tmp_path):
     ours = EXPORT_CASES[case]()
+    if case == "batchtopk_untrained":  # no threshold learned yet: progsae encodes with per-row TopK
+        ours.threshold.fill_(-1.0)
     ours.save(tmp_path / "ours")
     assert cli_main(["export", str(tmp_path / "ours"), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
     theirs = sl.SAE.load_from_disk(tmp_path / "sl")
@@ -170,9 +176,13 @@ def test_export_loads_in_saelens_with_same_outputs(sl, case, tmp_path):
         assert (z_theirs - z[:, :kept]).abs().max().item() <= TOL
         assert (theirs(x) - ours(x)).abs().max().item() <= TOL
     assert (z != 0).any()
-    back = load_sae(tmp_path / "sl")  # and back again: same architecture, k and prefixes
-    assert (back.cfg.architecture, back.cfg.k, back.cfg.prefixes) == (ours.cfg.architecture, ours.cfg.k, ours.cfg.prefixes)
+    back = load_sae(tmp_path / "sl")  # and back again: same architecture, k and (kept) prefixes
+    kept_prefixes = [p for p in ours.cfg.prefixes if p < kept] + [kept] if ours.cfg.prefixes else None
+    arch = "topk" if case == "batchtopk_untrained" else ours.cfg.architecture
+    assert (back.cfg.architecture, back.cfg.k, back.cfg.prefixes) == (arch, ours.cfg.k, kept_prefixes)
     assert (back(x) - ours(x)).abs().max().item() <= TOL
+    if "prune" in ours.cfg.provenance:
+        assert back.cfg.provenance["prune"] == ours.cfg.provenance["prune"]
 
 
 def test_mask_mode_topk_export_is_refused_or_retopk_on_request(sl, tmp_path):
@@ -218,6 +228,16 @@ def test_sparsify_saved_coder_imports_with_same_outputs(sp, multi_topk, tmp_path
             assert (ours(x) - coder(x).sae_out).abs().max().item() <= TOL
     assert (ours.cfg.architecture, ours.cfg.k, ours.cfg.hook, ours.cfg.model) == ("topk", K, "layers.6", "EleutherAI/pythia-70m")
     assert ours.cfg.provenance["source_format"] == "sparsify"
+
+
+def test_sparsify_folder_exports_straight_to_saelens(sl, sp, tmp_path):
+    coder = _sparse_coder(sp, seed=3)
+    coder.save_to_disk(tmp_path / "sp")
+    assert cli_main(["export", str(tmp_path / "sp"), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
+    theirs = sl.SAE.load_from_disk(tmp_path / "sl")
+    x = x_BD()
+    with torch.no_grad():
+        assert (theirs(x) - coder(x).sae_out).abs().max().item() <= TOL
 
 
 def test_sparsify_run_folder_and_unsupported_coders_are_named(sp, tmp_path):
@@ -320,6 +340,24 @@ def test_dictionary_learning_pickled_objects_are_refused(tmp_path):
         load_sae(folder)
 
 
+def test_gemma_scope_params_npz_imports_without_bdec_subtraction(tmp_path):
+    import numpy as np
+
+    g = torch.Generator().manual_seed(11)
+    p = {"W_enc": torch.randn(D, N, generator=g) * 0.3, "W_dec": torch.randn(N, D, generator=g) * 0.3,
+         "b_enc": torch.randn(N, generator=g) * 0.3, "b_dec": torch.randn(D, generator=g), "threshold": torch.rand(N, generator=g) * 0.3}
+    (tmp_path / "layer_3" / "width_16k").mkdir(parents=True)
+    np.savez(tmp_path / "layer_3" / "width_16k" / "params.npz", **{k: v.numpy() for k, v in p.items()})
+    ours = load_sae(tmp_path / "layer_3" / "width_16k")
+    x = x_BD()
+    pre = x @ p["W_enc"] + p["b_enc"]  # Gemma Scope: no b_dec subtraction, JumpReLU gate
+    z_ref = torch.relu(pre) * (pre > p["threshold"])
+    assert_same(ours, z_ref, z_ref @ p["W_dec"] + p["b_dec"], x)
+    assert ours.cfg.architecture == "jumprelu" and not ours.cfg.subtract_b_dec
+    with pytest.raises(ProgsaeError, match=r"holds 1 SAE folder \(width_16k\); pass one of them"):
+        load_sae(tmp_path / "layer_3")
+
+
 # ---- errors -----------------------------------------------------------------------------------
 def test_unknown_corrupt_and_unsupported_folders_give_one_line_errors(sl, tmp_path):
     (tmp_path / "empty").mkdir()
@@ -382,6 +420,9 @@ def test_from_hub_downloads_only_the_requested_folder(tmp_path, monkeypatch, cap
     monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
     assert cli_main(["import", "--from-hub", "owner/saes/trainer_2", "--revision", "v1", "--out", str(tmp_path / "ours")]) == 0
     assert calls == [("owner/saes", ["trainer_2/*", "config.json"], "v1")]
+    cfg = json.loads((tmp_path / "ours" / "cfg.json").read_text())
+    assert cfg["provenance"]["source_hub"] == {"spec": "owner/saes/trainer_2", "revision": "v1"}
+    assert cfg["provenance"]["source_format"] == "dictionary_learning"
     x = x_BD()
     z_ref = encode(x)
     assert_same(load_sae(tmp_path / "ours"), z_ref, decode(z_ref), x)
@@ -394,8 +435,6 @@ def test_from_hub_downloads_only_the_requested_folder(tmp_path, monkeypatch, cap
 
 # ---- progressive coding of an imported SAE ------------------------------------------------------
 def test_imported_jumprelu_is_sorted_and_pruned_like_any_other(sl, tmp_path):
-    import progsae
-
     ref = randomize(_saelens_inference_sae(sl, "gemmascope_jumprelu"), threshold_range=(0.0, 0.3))
     ref.save_model(tmp_path / "sl")
     sae = load_sae(tmp_path / "sl")

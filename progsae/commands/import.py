@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
         src = fetch(args.from_hub, revision=args.revision)
     fmt = detect_format(src)
-    sae = import_sae(src, args.out, device=args.device, overwrite=args.overwrite)
+    hub = {"source_hub": {"spec": args.from_hub, "revision": args.revision}} if args.from_hub else None
+    sae = import_sae(src, args.out, device=args.device, overwrite=args.overwrite, provenance=hub)
     cfg = sae.cfg
     extra = f", k={cfg.k}" if cfg.k is not None else ""
     extra += f", prefixes={cfg.prefixes}" if cfg.prefixes else ""

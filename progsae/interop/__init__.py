@@ -59,7 +59,7 @@ def detect_format(path) -> str:
     subs = sorted(p.name for p in path.iterdir() if p.is_dir() and _detect_here(p) is not None)
     if subs:
         shown = ", ".join(subs[:6]) + (", ..." if len(subs) > 6 else "")
-        raise ProgsaeError(f"{path}: holds {len(subs)} SAE folders ({shown}); pass one of them, e.g. {path / subs[0]}")
+        raise ProgsaeError(f"{path}: holds {len(subs)} SAE folder{'s' if len(subs) > 1 else ''} ({shown}); pass one of them, e.g. {path / subs[0]}")
     if (path / "cfg.json").exists() and (path / "sae.safetensors").exists():
         raise ProgsaeError(f"{path / 'cfg.json'}: neither a progsae config (no \"format\": \"progsae-sae\") nor a sparsify one")
     found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
@@ -77,8 +77,11 @@ def load_foreign(path, device: str | torch.device = "cpu") -> SAE:
     return READERS[fmt].load(path, device=device)
 
 
-def import_sae(src, out, device: str | torch.device = "cpu", overwrite: bool = False) -> SAE:
-    """Read a foreign (or progsae) SAE folder and write it as a progsae SAE folder at `out`."""
+def import_sae(src, out, device: str | torch.device = "cpu", overwrite: bool = False, provenance: dict | None = None) -> SAE:
+    """Read a foreign (or progsae) SAE folder and write it as a progsae SAE folder at `out`.
+
+    `provenance` entries (e.g. the Hub id it came from) are added to the written cfg.json.
+    """
     from progsae.sae.io import save_sae
 
     src, out = Path(src), Path(out)
@@ -87,6 +90,8 @@ def import_sae(src, out, device: str | torch.device = "cpu", overwrite: bool = F
     if (out / "cfg.json").exists() and not overwrite:
         raise ProgsaeError(f"{out}: already holds an SAE; choose another --out or pass --overwrite")
     sae = load_foreign(src, device=device)
+    if provenance:
+        sae.cfg.provenance = {**sae.cfg.provenance, **provenance}
     save_sae(sae, out)
     return sae
 

@@ -196,14 +196,15 @@ def _resolve_mask(sae: SAE, allow_retopk: bool) -> tuple[SAE, dict[str, Any]]:
     if g is None:
         return sae, {}
     kept = torch.arange(g)
+    nested = {"prefixes": [p for p in sae.cfg.prefixes if p < g] + [g]} if sae.cfg.prefixes else {}
     if _elementwise(sae):
-        return sae.select(kept), {"mask_size": g, "mask_export": "exact (elementwise activation: masking == truncation)"}
+        return sae.select(kept, **nested), {"mask_size": g, "mask_export": "exact (elementwise activation: masking == truncation)"}
     if not allow_retopk:
         raise ProgsaeError(
             f"a mask-mode {sae.cfg.architecture} SAE (mask_size={g}) picks its top k among all {sae.n_latents} latents, "
             "which SAELens cannot express; pass --allow-retopk to export its retopk equivalent instead"
         )
-    changes = {"k": min(sae.cfg.k, g)} if sae.cfg.k is not None else {}
+    changes = {"k": min(sae.cfg.k, g), **nested} if sae.cfg.k is not None else nested
     return sae.select(kept, **changes), {"mask_size": g, "mask_export": "retopk equivalent (not exact: TopK re-selected among the kept latents)"}
 
 
