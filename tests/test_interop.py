@@ -92,7 +92,8 @@ def test_saelens_saved_sae_imports_with_same_outputs(sl, kind, arch, tmp_path):
     assert ours.cfg.provenance["source_format"] == "saelens"
     assert ours.cfg.subtract_b_dec is (kind != "gemmascope_jumprelu")
     if kind == "standard":
-        assert (ours.cfg.model, ours.cfg.hook) == ("m", "blocks.3.hook_resid_post")
+        assert (ours.cfg.model, ours.cfg.hook) == ("m", "resid_post.3")  # TransformerLens name -> progsae hook site
+        assert ours.cfg.provenance["source_hook"] == "blocks.3.hook_resid_post"
     if kind == "gemmascope_jumprelu":  # some thresholds were negative: SAELens ReLUs first, progsae clamps them to 0
         assert float(ref.threshold.detach().min()) < 0 <= float(ours.threshold.min())
 
@@ -133,7 +134,7 @@ def test_saelens_pre_v6_config_imports(sl, tmp_path):
     }
     (tmp_path / "old" / "cfg.json").write_text(json.dumps(old))
     ours = load_sae(tmp_path / "old")
-    assert (ours.cfg.architecture, ours.cfg.k, ours.cfg.hook, ours.cfg.model) == ("topk", K, "blocks.8.hook_resid_pre", "gpt2")
+    assert (ours.cfg.architecture, ours.cfg.k, ours.cfg.hook, ours.cfg.model) == ("topk", K, "resid_pre.8", "gpt2")
     theirs = sl.SAE.load_from_disk(tmp_path / "old")
     x = x_BD()
     with torch.no_grad():
@@ -163,9 +164,11 @@ def test_export_loads_in_saelens_with_same_outputs(sl, case, tmp_path):
     ours = EXPORT_CASES[case]()
     if case == "batchtopk_untrained":  # no threshold learned yet: progsae encodes with per-row TopK
         ours.threshold.fill_(-1.0)
+    ours.cfg.model, ours.cfg.hook = "HuggingFaceTB/SmolLM2-135M", "resid_post.5"
     ours.save(tmp_path / "ours")
     assert cli_main(["export", str(tmp_path / "ours"), "--to", "saelens", "--out", str(tmp_path / "sl")]) == 0
     theirs = sl.SAE.load_from_disk(tmp_path / "sl")
+    assert (theirs.cfg.metadata.model_name, theirs.cfg.metadata.hook_name) == ("HuggingFaceTB/SmolLM2-135M", "blocks.5.hook_resid_post")
     x = x_BD()
     with torch.no_grad():
         z = ours.encode(x)
@@ -179,7 +182,7 @@ def test_export_loads_in_saelens_with_same_outputs(sl, case, tmp_path):
     back = load_sae(tmp_path / "sl")  # and back again: same architecture, k and (kept) prefixes
     kept_prefixes = [p for p in ours.cfg.prefixes if p < kept] + [kept] if ours.cfg.prefixes else None
     arch = "topk" if case == "batchtopk_untrained" else ours.cfg.architecture
-    assert (back.cfg.architecture, back.cfg.k, back.cfg.prefixes) == (arch, ours.cfg.k, kept_prefixes)
+    assert (back.cfg.architecture, back.cfg.k, back.cfg.prefixes, back.cfg.hook) == (arch, ours.cfg.k, kept_prefixes, "resid_post.5")
     assert (back(x) - ours(x)).abs().max().item() <= TOL
     if "prune" in ours.cfg.provenance:
         assert back.cfg.provenance["prune"] == ours.cfg.provenance["prune"]
@@ -226,7 +229,7 @@ def test_sparsify_saved_coder_imports_with_same_outputs(sp, multi_topk, tmp_path
         assert_same(ours, z_ref, coder.decode(enc.top_acts, enc.top_indices), x)
         if not multi_topk:  # with multi_topk, sparsify's forward returns the 4k training reconstruction
             assert (ours(x) - coder(x).sae_out).abs().max().item() <= TOL
-    assert (ours.cfg.architecture, ours.cfg.k, ours.cfg.hook, ours.cfg.model) == ("topk", K, "layers.6", "EleutherAI/pythia-70m")
+    assert (ours.cfg.architecture, ours.cfg.k, ours.cfg.hook, ours.cfg.model) == ("topk", K, "resid_post.6", "EleutherAI/pythia-70m")
     assert ours.cfg.provenance["source_format"] == "sparsify"
 
 
@@ -311,7 +314,7 @@ def test_dictionary_learning_layout_imports_exactly(dict_class, tmp_path):
     ours = load_sae(folder)
     assert ours.cfg.architecture == arch
     assert ours.cfg.provenance["source_format"] == "dictionary_learning"
-    assert (ours.cfg.model, ours.cfg.hook) == ("EleutherAI/pythia-70m-deduped", "resid_post_layer_3")
+    assert (ours.cfg.model, ours.cfg.hook) == ("EleutherAI/pythia-70m-deduped", "resid_post.3")
     if dict_class == "MatryoshkaBatchTopKSAE":
         assert ours.cfg.prefixes == [8, 24, N]
     x = x_BD()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,30 @@ def build_sae(
                 raise ProgsaeError(f"{source}: tensor {name} holds NaN or infinite values")
             getattr(sae, name).copy_(t.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype))
     return sae
+
+
+# progsae hook sites (progsae/data/hooks.py) <-> TransformerLens names (SAELens) and module paths (sparsify)
+_TL_HOOK = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
+_MODULE_HOOK = re.compile(r"(?:[\w.]*\.)?(?:layers|h|blocks)\.(\d+)(\.mlp)?")
+_DL_HOOK = re.compile(r"(resid_pre|resid_post|attn_out|mlp_out)_layer_(\d+)")
+_OURS = re.compile(r"(resid_pre|resid_post|attn_out|mlp_out)\.(\d+)")
+
+
+def to_progsae_hook(name: str | None) -> str | None:
+    """The progsae hook site ('resid_post.14') for a peer's hook name, or the name unchanged if it has none."""
+    if not name:
+        return name
+    if m := _TL_HOOK.fullmatch(name):
+        return f"{m.group(2)}.{m.group(1)}"
+    if m := _DL_HOOK.fullmatch(name):
+        return f"{m.group(1)}.{m.group(2)}"
+    if m := _MODULE_HOOK.fullmatch(name):  # a decoder block's output is the residual stream after it
+        return f"{'mlp_out' if m.group(2) else 'resid_post'}.{m.group(1)}"
+    return name
+
+
+def to_transformer_lens_hook(name: str | None) -> str | None:
+    """SAELens' TransformerLens name ('blocks.14.hook_resid_post') for a progsae hook site."""
+    if name and (m := _OURS.fullmatch(name)):
+        return f"blocks.{m.group(2)}.hook_{m.group(1)}"
+    return name

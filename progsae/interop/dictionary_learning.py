@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from progsae.errors import ProgsaeError
-from progsae.interop.common import build_sae, nonneg_threshold, read_json, take
+from progsae.interop.common import build_sae, nonneg_threshold, read_json, take, to_progsae_hook
 from progsae.sae.base import SAE
 
 CFG_FILE = "config.json"
@@ -117,8 +117,12 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
     if k is not None and trainer.get("k") is not None and int(trainer["k"]) != k:
         raise ProgsaeError(f"{path / CFG_FILE}: k={trainer['k']} but ae.pt stores k={k}")
     lm = trainer.get("lm_name")
-    hook = trainer.get("submodule_name") or (f"layer {trainer['layer']}" if trainer.get("layer") is not None else None)
-    provenance = {"source_format": FORMAT, "source_path": str(path), "source_class": cls, "source_config": config}
+    hook = trainer.get("submodule_name")
+    provenance = {"source_format": FORMAT, "source_path": str(path), "source_class": cls, "source_config": config, "source_hook": hook}
+    if not hook and trainer.get("layer") is not None:
+        # dictionary_learning's trainers hook a decoder block's output by default (SAELens assumes the same)
+        hook = f"resid_post.{int(trainer['layer'])}"
+        provenance["notes"] = [f"hook assumed to be the residual stream after layer {trainer['layer']} (no submodule_name)"]
     return build_sae(
         path,
         arch,
@@ -132,6 +136,6 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
         prefixes=prefixes,
         subtract_b_dec=subtract,
         model=lm if isinstance(lm, str) else None,
-        hook=str(hook) if hook is not None else None,
+        hook=to_progsae_hook(str(hook)) if hook else None,
         provenance=provenance,
     )

@@ -14,7 +14,15 @@ from typing import Any
 import torch
 
 from progsae.errors import ProgsaeError
-from progsae.interop.common import build_sae, nonneg_threshold, read_json, read_safetensors, take
+from progsae.interop.common import (
+    build_sae,
+    nonneg_threshold,
+    read_json,
+    read_safetensors,
+    take,
+    to_progsae_hook,
+    to_transformer_lens_hook,
+)
 from progsae.sae.base import SAE
 
 CFG_FILE = "cfg.json"
@@ -97,6 +105,9 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
     scale = tensors.get("scaling_factor", tensors.get("finetuning_scaling_factor"))
     if scale is not None and not torch.allclose(scale.float(), torch.ones_like(scale.float())):
         raise ProgsaeError(f"{w_path}: a fine-tuning scaling factor that is not all ones is not supported")
+    for key, size in (("d_in", W_enc.shape[0]), ("d_sae", W_enc.shape[-1])):
+        if key in cfg and int(cfg[key]) != int(size):
+            raise ProgsaeError(f"{cfg_path}: {key}={cfg[key]} but W_enc in {WEIGHTS_FILE} has shape {tuple(W_enc.shape)}")
     W_enc, W_dec, b_enc, b_dec = (t.float() for t in (W_enc, W_dec, b_enc, b_dec))
     meta = cfg.get("metadata") or {}
     notes: list[str] = []
@@ -146,6 +157,7 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
         "source_path": str(path),
         "source_architecture": arch,
         "source_dtype": cfg.get("dtype", "float32"),
+        "source_hook": meta.get("hook_name"),
         "source_config": raw,
     }
     if notes:
@@ -167,7 +179,7 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
         prefixes=_prefixes(cfg, int(n)),
         subtract_b_dec=bool(cfg.get("apply_b_dec_to_input", True)),
         model=meta.get("model_name"),
-        hook=meta.get("hook_name"),
+        hook=to_progsae_hook(meta.get("hook_name")),
         provenance=provenance,
     )
 
@@ -242,7 +254,7 @@ def to_files(sae: SAE, allow_retopk: bool = False) -> tuple[dict[str, Any], dict
             "sae_lens_version": _sae_lens_version(),
             "sae_lens_training_version": src_meta.get("sae_lens_training_version"),
             "model_name": cfg.model,
-            "hook_name": cfg.hook,
+            "hook_name": to_transformer_lens_hook(cfg.hook),
             "progsae": {
                 "architecture": arch,
                 "k": cfg.k,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from progsae.errors import ProgsaeError
-from progsae.interop.common import build_sae, read_json, read_safetensors, take
+from progsae.interop.common import build_sae, read_json, read_safetensors, take, to_progsae_hook
 from progsae.sae.base import SAE
 
 CFG_FILE = "cfg.json"
@@ -66,6 +66,7 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
         "source_path": str(path),
         "source_dtype": str(tensors["encoder.weight"].dtype).replace("torch.", ""),
         "source_config": cfg,
+        "source_hook": path.name,
     }
     if cfg.get("multi_topk"):
         provenance["notes"] = ["trained with Multi-TopK (a training loss only; inference is plain TopK k)"]
@@ -79,6 +80,6 @@ def load(path: Path, device: str | torch.device = "cpu") -> SAE:
         device=device,
         k=k,
         model=parent.get("model") if isinstance(parent.get("model"), str) else None,
-        hook=path.name,
+        hook=to_progsae_hook(path.name),
         provenance=provenance,
     )
