@@ -6,7 +6,7 @@ Tensor names carry their shapes: B batch, D d_in, N n_latents, K active latents 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,8 @@ class TrainContext:
     k_aux: int = 256
     l1_coef: float = 0.0
     generator: torch.Generator | None = None  # random Matryoshka prefixes
+    # averages a batch statistic over data-parallel processes (progsae/train/distributed.py); None: one process
+    global_mean: Callable[[Tensor], Tensor] | None = None
 
 
 @dataclass

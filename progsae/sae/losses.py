@@ -64,8 +64,18 @@ def auxk_loss(sae: SAE, x_BD: Tensor, x_hat_BD: Tensor, pre_BN: Tensor, ctx: Tra
     masked = torch.where(dead, pre_BN.relu(), pre_BN.new_zeros(()))
     vals, idx = masked.topk(k_aux, dim=-1, sorted=False)
     aux_hat = torch.zeros_like(masked).scatter(-1, idx, vals) @ sae.W_dec
-    denom = (resid - resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-    return sq_error(resid, aux_hat) / denom
+    return sq_error(resid, aux_hat) / residual_variance(resid, ctx)
+
+
+def residual_variance(resid_BD: Tensor, ctx: TrainContext) -> Tensor:
+    """AuxK's normaliser: mean squared distance of the (detached) residual from its batch mean.
+
+    In a data-parallel run both means are over the global batch (ctx.global_mean), so P processes
+    compute the same loss as one process on the whole batch.
+    """
+    mean = ctx.global_mean or (lambda t: t)
+    mu_D = mean(resid_BD.mean(0))
+    return mean((resid_BD - mu_D).pow(2).sum(-1).mean()).clamp_min(1e-8)
 
 
 def dense_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
