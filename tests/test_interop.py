@@ -5,7 +5,6 @@ foreign, corrupt and pickled files are refused with one-line errors."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ import torch
 import progsae
 from progsae import ProgsaeError, SAEConfig, load_sae
 from progsae.cli import main as cli_main
-from progsae.interop import detect_format, export_sae, import_sae
+from progsae.interop import detect_format, export_sae
 from progsae.sae import sae_class
 
 D, N, K = 16, 48, 5
