@@ -200,6 +200,10 @@ def test_mask_mode_topk_export_is_refused_or_retopk_on_request(sl, tmp_path):
         assert (theirs(x) - retopk(x)).abs().max().item() <= TOL
     meta = json.loads((tmp_path / "yes" / "cfg.json").read_text())["metadata"]["progsae"]
     assert meta["mask_size"] == 12 and "retopk" in meta["mask_export"]
+    negative = progsae_sae("jumprelu")
+    negative.threshold.data[3] = -0.1  # passes negative codes, which SAELens' ReLU-then-gate cannot produce
+    with pytest.raises(ProgsaeError, match="negative thresholds"):
+        export_sae(negative, "saelens", tmp_path / "neg")
 
 
 # ---- sparsify -------------------------------------------------------------------------------
