@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from progsae.data.corpus import iter_contexts
-from progsae.data.hooks import capture, resolve_hook
+from progsae.data.hooks import capture, parse_hook_name, resolve_hook
 from progsae.data.models import load_model
 from progsae.data.store import META_FILE, StoreWriter
 from progsae.errors import ProgsaeError
@@ -53,6 +53,7 @@ class CollectConfig:
         return round(min(0.5, max(0.02, ratio)), 4)
 
     def validate(self) -> None:
+        parse_hook_name(self.hook)
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ProgsaeError(f"unknown storage dtype '{self.storage_dtype}' (use {' or '.join(STORAGE_DTYPES)})")
         if not 0 <= self.first_position < self.context_length:

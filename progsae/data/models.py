@@ -95,12 +95,19 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
         if not (local / "config.json").is_file():
             raise ProgsaeError(f"{local}: not a model folder (no config.json)")
         path = str(local)
+    from transformers.utils import logging as hf_logging
+
+    bars_were_off = hf_logging.is_progress_bar_enabled() is False
+    hf_logging.disable_progress_bar()  # the per-tensor "Loading weights" bar is noise for a sub-second load
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ProgsaeError(f"cannot load model '{name_or_path}': {first}") from None
+    finally:
+        if not bars_were_off:
+            hf_logging.enable_progress_bar()
     model.to(device)
     model.eval()
     model.requires_grad_(False)
