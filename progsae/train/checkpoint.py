@@ -1,0 +1,85 @@
+"""Checkpoints: one atomically written safetensors file holding tensors and a JSON state (no pickle).
+
+checkpoint/checkpoint.safetensors  tensors "sae/*", "adam/<i>/*", "dead/since_fired_N", "rng/*";
+                                   metadata {"state": JSON} with step, tokens, configs, input scale
+checkpoint/state.json              a readable copy of the JSON state (informational)
+A crash while writing leaves the previous checkpoint intact, because the file is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from progsae.errors import ProgsaeError
+from progsae.sae.io import atomic_save_safetensors, atomic_write_json
+
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+STATE_FILE = "state.json"
+FORMAT = "progsae-checkpoint"
+
+
+@dataclass
+class Checkpoint:
+    """What a resumed run needs: tensors by name and the JSON state."""
+
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under `prefix/`, with the prefix removed."""
+        p = prefix + "/"
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
+
+
+def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """Adam's per-parameter state (step, exp_avg, exp_avg_sq) as flat named tensors."""
+    out = {}
+    for i, st in opt.state_dict()["state"].items():
+        for key, t in st.items():
+            out[f"{i}/{key}"] = torch.as_tensor(t)
+    return out
+
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for name, t in tensors.items():
+        i, key = name.split("/", 1)
+        state.setdefault(int(i), {})[key] = t
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+
+
+def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+    state = {"format": FORMAT, "version": 1, **state}
+    text = json.dumps(state)
+    atomic_save_safetensors(tensors, checkpoint_path(out_dir), metadata={"state": text})
+    atomic_write_json(Path(out_dir) / CHECKPOINT_DIR / STATE_FILE, state)
+
+
+def load_checkpoint(out_dir: Path, device: str | torch.device = "cpu") -> Checkpoint:
+    path = checkpoint_path(out_dir)
+    if not path.exists():
+        raise ProgsaeError(f"{path}: no checkpoint to resume from")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ProgsaeError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0]})") from None
+    try:
+        state = json.loads(meta["state"])
+    except (KeyError, json.JSONDecodeError):
+        raise ProgsaeError(f"{path}: checkpoint has no valid training state") from None
+    if state.get("format") != FORMAT:
+        raise ProgsaeError(f"{path}: not a progsae training checkpoint")
+    return Checkpoint(tensors=tensors, state=state)

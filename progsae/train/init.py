@@ -1,0 +1,64 @@
+"""Initialisation: input scale, b_dec at the geometric median, unit random decoder, W_enc = W_dec^T."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from progsae.data.store import ActivationStore, as_tensor
+from progsae.errors import ProgsaeError
+from progsae.sae.base import SAE
+
+
+def init_sample(store: ActivationStore, rows: int) -> Tensor:
+    """Up to `rows` training activations [S, D], evenly strided over the train split (deterministic)."""
+    total = store.num_tokens("train")
+    if total == 0:
+        raise ProgsaeError(f"{store.path}: the 'train' split is empty")
+    stride = max(1, total // rows)
+    parts, offset = [], 0
+    for i, info in enumerate(store.shards("train")):
+        first = (-offset) % stride  # first row of this shard on the global stride grid
+        if first < info.tokens:
+            parts.append(as_tensor(store.shard("train", i)["acts"][first::stride]))
+        offset += info.tokens
+    sample_SD = torch.cat(parts)[:rows]
+    if not torch.isfinite(sample_SD).all():
+        raise ProgsaeError(f"{store.path}: the train split contains NaN or inf activations")
+    return sample_SD
+
+
+def input_scale(sample_SD: Tensor) -> float:
+    """The scalar s with E||s x||^2 = d, so one set of hyper-parameters fits every model and layer."""
+    mean_sq = float(sample_SD.double().pow(2).sum(-1).mean())
+    if not mean_sq > 0:
+        raise ProgsaeError("the activations are all zero; nothing to train on")
+    return math.sqrt(sample_SD.shape[1] / mean_sq)
+
+
+def geometric_median(x_SD: Tensor, iters: int = 100, tol: float = 1e-6) -> Tensor:
+    """The point minimising the summed Euclidean distance to the rows (Weiszfeld's algorithm), float64 inside."""
+    x = x_SD.double()
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1.0 / (x - m).norm(dim=1).clamp_min(1e-12)
+        new = (w[:, None] * x).sum(0) / w.sum()
+        done = (new - m).norm() <= tol * max(1.0, float(m.norm()))
+        m = new
+        if done:
+            break
+    return m.to(x_SD.dtype)
+
+
+@torch.no_grad()
+def init_sae(sae: SAE, sample_SD: Tensor, generator: torch.Generator) -> None:
+    """b_dec = geometric median of the (already scaled) sample; W_dec random unit rows; W_enc = W_dec^T; b_enc = 0."""
+    n, d = sae.W_dec.shape
+    W_dec_ND = torch.randn(n, d, generator=generator, dtype=torch.float32)
+    W_dec_ND /= W_dec_ND.norm(dim=1, keepdim=True)
+    sae.W_dec.copy_(W_dec_ND)
+    sae.W_enc.copy_(W_dec_ND.T)
+    sae.b_enc.zero_()
+    sae.b_dec.copy_(geometric_median(sample_SD))

@@ -1,0 +1,300 @@
+"""The training loop: one SAE, one activation store, no per-architecture branches.
+
+Each step: batch -> sae.training_step -> backward -> (sync) -> remove parallel decoder grad -> clip
+-> Adam -> normalize decoder -> dead tracking -> sae.after_step. Everything a data-parallel run must
+reduce goes through `sync` (progsae/train/sync.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from progsae.data.store import ActivationStore
+from progsae.errors import ProgsaeError
+from progsae.sae import SAE, SAEConfig, TrainContext, sae_class
+from progsae.sae.io import CFG_FILE
+from progsae.train.checkpoint import (
+    CHECKPOINT_DIR,
+    Checkpoint,
+    checkpoint_path,
+    load_checkpoint,
+    load_optimizer_tensors,
+    optimizer_tensors,
+    save_checkpoint,
+)
+from progsae.train.config import TrainConfig
+from progsae.train.dead import DeadTracker
+from progsae.train.init import init_sae, init_sample, input_scale
+from progsae.train.metrics import MetricsLog, Progress
+from progsae.train.schedule import l1_at, lr_at
+from progsae.train.sync import LocalSync
+
+# settings that may change between an interrupted run and its resumption (they do not change results)
+RESUMABLE_CHANGES = {"checkpoint_every", "log_every", "device"}
+
+
+@dataclass
+class RunState:
+    """Counters that, with the tensors, define where a run is."""
+
+    step: int = 0
+    tokens: int = 0
+    input_scale: float = 1.0
+    wall_time_s: float = 0.0
+
+
+def sae_config_for(cfg: TrainConfig, store: ActivationStore) -> SAEConfig:
+    """The SAEConfig a run trains: architecture, sizes, Matryoshka prefixes/weights, source model and hook."""
+    provenance: dict = {}
+    if cfg.matryoshka:
+        provenance["matryoshka"] = {"weights": list(cfg.matryoshka_weights or [1.0 / len(cfg.matryoshka)] * len(cfg.matryoshka))}
+    elif cfg.matryoshka_random:
+        provenance["matryoshka"] = {"random": int(cfg.matryoshka_random)}
+    return SAEConfig(
+        architecture=cfg.arch,
+        d_in=store.d_model,
+        n_latents=cfg.n_latents,
+        k=cfg.k,
+        prefixes=list(cfg.matryoshka) if cfg.matryoshka else None,
+        dtype=cfg.dtype,
+        model=store.meta.get("model"),
+        hook=store.meta.get("hook"),
+        provenance=provenance,
+    )
+
+
+def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, store: ActivationStore) -> None:
+    """Refuse to resume with a different configuration or data."""
+    saved = ckpt.state["train_config"]
+    now = cfg.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ProgsaeError(f"cannot resume with a different configuration ({diffs}); use the original settings or a new --out")
+    if ckpt.state["d_in"] != store.d_model:
+        raise ProgsaeError(f"store {store.path} has d_model={store.d_model} but the checkpoint was trained on d_model={ckpt.state['d_in']}")
+    if ckpt.state["train_tokens"] != store.num_tokens("train"):
+        raise ProgsaeError(
+            f"store {store.path} has {store.num_tokens('train')} training tokens, the checkpoint's store had {ckpt.state['train_tokens']}; resume on the same store"
+        )
+
+
+class _InterruptFlag:
+    """Turn Ctrl-C into a flag checked between steps, so the run stops on a consistent state and checkpoints it."""
+
+    def __init__(self):
+        self.set = False
+        self._old = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        if self.set:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.set = True
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+        return False
+
+
+class Trainer:
+    """Holds one run's state; `run()` trains to the end, checkpointing as it goes."""
+
+    def __init__(self, store: ActivationStore, out_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, sync: LocalSync | None = None):
+        self.store = store
+        self.out_dir = Path(out_dir)
+        self.sync = sync or LocalSync()
+        self.cfg = cfg.resolved(store.d_model)
+        self.total_steps = self.cfg.steps
+        self.progress_enabled = progress and self.sync.is_main
+        if store.num_tokens("train") < self.cfg.batch_size:
+            raise ProgsaeError(f"store {store.path} has {store.num_tokens('train')} training tokens, fewer than one batch of {self.cfg.batch_size}")
+
+        self.device = torch.device(self.cfg.device)
+        self.sae_cfg = sae_config_for(self.cfg, store)
+        self.sae: SAE = sae_class(self.cfg.arch)(self.sae_cfg, device=self.device)
+        self.opt = torch.optim.Adam(
+            self.sae.parameters(), lr=self.cfg.lr, betas=self.cfg.adam_betas, eps=self.cfg.adam_eps, fused=True
+        )
+        self.dead = DeadTracker(self.cfg.n_latents, self.cfg.dead_window, self.device)
+        self.prefix_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
+        self.state = RunState()
+
+        ckpt_exists = checkpoint_path(self.out_dir).exists()
+        if not resume and (ckpt_exists or (self.out_dir / CFG_FILE).exists()):
+            raise ProgsaeError(f"{self.out_dir} already holds a training run; pass --resume to continue it or choose a new --out")
+        if resume and ckpt_exists:
+            self._restore(load_checkpoint(self.out_dir))
+        else:
+            self._fresh_start()
+
+    # ---- state ---------------------------------------------------------------------------
+    def _fresh_start(self) -> None:
+        torch.manual_seed(self.cfg.seed)
+        sample_SD = init_sample(self.store, self.cfg.init_sample)
+        scale = input_scale(sample_SD) if self.cfg.normalize_input else 1.0
+        init_sae(self.sae, (sample_SD * scale).to(self.device), torch.Generator().manual_seed(self.cfg.seed + 1))
+        self.state = RunState(input_scale=scale)
+
+    def _restore(self, ckpt: Checkpoint) -> None:
+        check_resumable(ckpt, self.cfg, self.store)
+        self.sae.load_state_dict({k: v.to(self.device) for k, v in ckpt.group("sae").items()})
+        load_optimizer_tensors(self.opt, ckpt.group("adam"))
+        self.dead.since_fired_N.copy_(ckpt.tensors["dead/since_fired_N"])
+        torch.set_rng_state(ckpt.tensors["rng/torch"])
+        self.prefix_gen.set_state(ckpt.tensors["rng/prefixes"])
+        s = ckpt.state
+        self.state = RunState(step=s["step"], tokens=s["tokens"], input_scale=s["input_scale"], wall_time_s=s["wall_time_s"])
+
+    def save_checkpoint(self) -> None:
+        self.sync.barrier()
+        if self.sync.is_main:
+            tensors = {f"sae/{k}": v for k, v in self.sae.state_dict().items()}
+            tensors.update({f"adam/{k}": v for k, v in optimizer_tensors(self.opt).items()})
+            tensors["dead/since_fired_N"] = self.dead.since_fired_N
+            tensors["rng/torch"] = torch.get_rng_state()
+            tensors["rng/prefixes"] = self.prefix_gen.get_state()
+            state = {
+                "step": self.state.step,
+                "tokens": self.state.tokens,
+                "input_scale": self.state.input_scale,
+                "wall_time_s": self.state.wall_time_s,
+                "total_steps": self.total_steps,
+                "d_in": self.store.d_model,
+                "train_tokens": self.store.num_tokens("train"),
+                "store": str(self.store.path),
+                "train_config": self.cfg.to_dict(),
+                "sae_config": self.sae.cfg.to_dict(),
+            }
+            save_checkpoint(self.out_dir, tensors, state)
+        self.sync.barrier()
+
+    # ---- the loop --------------------------------------------------------------------------
+    def run(self) -> SAE:
+        cfg, sae, st = self.cfg, self.sae, self.state
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = MetricsLog(self.out_dir, resume_step=st.step if st.step > 0 else None) if self.sync.is_main else None
+        batches = self.store.iter_batches(
+            "train", cfg.batch_size, shuffle=True, seed=cfg.seed, start_batch=st.step, loop=True, max_memory_bytes=cfg.buffer_bytes
+        )
+        ctx = TrainContext(aux_coef=cfg.aux_coef, k_aux=cfg.k_aux, generator=self.prefix_gen)
+        bar = Progress(self.total_steps * self.sync.tokens(cfg.batch_size), st.tokens, self.progress_enabled)
+        t_start, t_log, tokens_log = time.perf_counter(), time.perf_counter(), st.tokens
+        wall_before = st.wall_time_s
+        try:
+            with _InterruptFlag() as interrupt:
+                while st.step < self.total_steps:
+                    x_BD = next(batches).to(self.device)
+                    if not torch.isfinite(x_BD).all():
+                        raise ProgsaeError(f"batch {st.step} of {self.store.path} contains NaN or inf activations")
+                    if st.input_scale != 1.0:
+                        x_BD = x_BD * st.input_scale
+                    out = self._step(x_BD, ctx)
+                    st.step += 1
+                    st.tokens += self.sync.tokens(x_BD.shape[0])
+                    st.wall_time_s = wall_before + time.perf_counter() - t_start
+                    record = None
+                    if st.step % cfg.log_every == 0 or st.step == self.total_steps:
+                        now = time.perf_counter()
+                        record = self._record(out, x_BD, ctx, (st.tokens - tokens_log) / max(now - t_log, 1e-9))
+                        t_log, tokens_log = now, st.tokens
+                        if metrics is not None:
+                            metrics.write(record)
+                    bar.update(self.sync.tokens(x_BD.shape[0]), record)
+                    if st.step % cfg.checkpoint_every == 0 or st.step == self.total_steps or interrupt.set:
+                        self.save_checkpoint()
+                    if interrupt.set:
+                        raise KeyboardInterrupt
+        finally:
+            bar.close()
+            if metrics is not None:
+                metrics.close()
+        return self.export()
+
+    def _step(self, x_BD: torch.Tensor, ctx: TrainContext):
+        cfg, sae, step = self.cfg, self.sae, self.state.step
+        ctx.dead_mask_N = self.dead.dead_mask()
+        ctx.l1_coef = l1_at(step, cfg.l1_coef, cfg.l1_warmup_steps)
+        out = sae.training_step(x_BD, ctx)
+        if not torch.isfinite(out.loss):
+            raise ProgsaeError(f"the loss became {float(out.loss)} at step {step}; lower --lr (now {cfg.lr:g})")
+        out.loss.backward()
+        self.sync.gradients(sae)
+        sae.remove_parallel_decoder_grad()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+        lr = lr_at(step, cfg.lr, self.total_steps, cfg.warmup_steps, cfg.decay_frac)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        sae.normalize_decoder()
+        self.dead.update(self.sync.fired(out.fired_N.detach()), self.sync.tokens(x_BD.shape[0]))
+        out.extras = self.sync.extras(out.extras)
+        sae.after_step(out)
+        out.extras["lr"] = torch.tensor(lr)
+        return out
+
+    @torch.no_grad()
+    def _record(self, out, x_BD: torch.Tensor, ctx: TrainContext, tokens_per_s: float) -> dict:
+        """One metrics line: step, tokens, loss terms, FVU, L0, dead fraction, lr, tokens/s."""
+        x_hat = out.x_hat_BD.detach()
+        fvu = (x_BD - x_hat).pow(2).sum() / (x_BD - x_BD.mean(0)).pow(2).sum().clamp_min(1e-12)
+        rec = {
+            "step": self.state.step,
+            "tokens": self.state.tokens,
+            "loss": float(self.sync.mean(out.loss.detach())),
+            **{f"loss_{k}": float(self.sync.mean(v.detach())) for k, v in out.losses.items()},
+            "fvu": float(self.sync.mean(fvu)),
+            "l0": float(self.sync.mean(out.l0.detach().float())),
+            "dead_frac": self.dead.dead_fraction(),
+            "lr": float(out.extras["lr"]),
+            "tokens_per_s": tokens_per_s,
+            "elapsed_s": self.state.wall_time_s,
+        }
+        if self.cfg.l1_coef:
+            rec["l1_coef"] = ctx.l1_coef
+        return rec
+
+    def export(self) -> SAE:
+        """The trained SAE acting on raw (unscaled) inputs, with provenance; written to out_dir on the main process."""
+        final = copy.deepcopy(self.sae)
+        final.cfg = copy.deepcopy(self.sae.cfg)
+        if self.cfg.normalize_input:
+            final.fold_input_scale(self.state.input_scale)
+        final.cfg.provenance = {
+            **final.cfg.provenance,
+            "trainer": "progsae",
+            "train_config": self.cfg.to_dict(),
+            "steps": self.state.step,
+            "tokens": self.state.tokens,
+            "wall_time_s": round(self.state.wall_time_s, 3),
+            "input_scale": self.state.input_scale,
+            "store": str(self.store.path),
+        }
+        if self.sync.is_main:
+            final.save(self.out_dir)
+        return final
+
+
+def train_sae(store_or_path, out_dir, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> SAE:
+    """Train an SAE on an activation store's train split; out_dir becomes an SAE folder (load_sae) plus
+    metrics.jsonl and checkpoint/. With resume=True an interrupted run continues from its last checkpoint."""
+    store = store_or_path if isinstance(store_or_path, ActivationStore) else ActivationStore(store_or_path)
+    trainer = Trainer(store, Path(out_dir), cfg, resume=resume, progress=progress)
+    return trainer.run()
+
+
+__all__ = ["train_sae", "Trainer", "TrainConfig", "CHECKPOINT_DIR"]
