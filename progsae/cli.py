@@ -40,7 +40,7 @@ def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
             if e.name != f"progsae.commands.{verb}":
                 raise
             continue  # verb not built yet
-        p = sub.add_parser(verb, help=help_text, description=module.__doc__)
+        p = sub.add_parser(verb, help=help_text, description=module.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
     return parser
 
