@@ -125,14 +125,14 @@ def _rss_peak_kib() -> int:
 
 
 def test_importance_over_a_store_larger_than_the_cap_runs_in_bounded_memory(tmp_path):
-    """A 32 MiB store measured under a 1 MiB cap: every batch (activations + dense codes) fits the cap,
+    """A 16 MiB store measured under a 1 MiB cap: every batch (activations + dense codes) fits the cap,
     the reader's allocations stay near it (tracemalloc), the process's peak RSS grows far less than the
     store, and the numbers equal an unbounded pass."""
-    d, n, rows = 128, 64, 65536
+    d, n, rows = 128, 64, 32768
     cap = 1 << 20
     store_bytes = rows * d * 4
     acts = torch.randn(rows, d, generator=torch.Generator().manual_seed(4))
-    path = write_store(tmp_path / "big", {"test": acts}, shard_tokens=rows // 2)  # two 16 MiB shards
+    path = write_store(tmp_path / "big", {"test": acts}, shard_tokens=rows // 2)  # two 8 MiB shards
     sae = hand_sae(d=d, n=n, k=8)
     widest = 0
     encode = sae.encode

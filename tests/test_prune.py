@@ -67,19 +67,20 @@ def test_retopk_at_full_size_returns_the_original_outputs(arch, order):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("order", ["ef2", "freq", "random"])
+@pytest.mark.parametrize("order", ["ef2", "random"])
 def test_mask_at_every_size_equals_full_encode_with_dropped_latents_zeroed(arch, order):
-    sae, x = hand_sae(arch), data()
+    n = 24
+    sae, x = hand_sae(arch, n=n), data()
     imp = importance(sae, x)
     perm = imp.ordering(order)
     z_full = sae.encode(x)
-    for g in range(1, N + 1):
+    for g in range(1, n + 1):
         out = prune(sae, g, order=order, mode="mask", importance=imp)
         expected = torch.zeros_like(z_full)
         expected[:, perm[:g]] = z_full[:, perm[:g]]
         assert torch.equal(out.encode(x), expected[:, perm]), g  # kept latents first, in importance order
         assert torch.allclose(out(x), sae.decode(expected), atol=1e-5), g
-        assert out.cfg.mask_size == g and out.n_latents == N
+        assert out.cfg.mask_size == g and out.n_latents == n
 
 
 def test_retopk_takes_topk_within_the_kept_set_and_keeps_thresholds():

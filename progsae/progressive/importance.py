@@ -34,7 +34,9 @@ def sae_fingerprint(sae) -> str:
     h = hashlib.sha256()
     for name, t in sorted(sae.state_dict().items()):
         h.update(name.encode())
-        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        arr = t.detach().cpu().contiguous().numpy().reshape(-1)
+        if arr.size:
+            h.update(memoryview(arr).cast("B"))  # hashes in place: no copy of large matrices
     return h.hexdigest()[:16]
 
 
@@ -249,13 +251,13 @@ def importance(
     )
 
 
-def as_importance(importance_or_path, sae=None) -> Importance:
+def as_importance(importance_or_path, sae=None, fingerprint: str | None = None) -> Importance:
     """An Importance from an object or a JSON path, checked against the SAE it is applied to."""
     imp = importance_or_path if isinstance(importance_or_path, Importance) else Importance.load(importance_or_path)
     if sae is not None:
         if imp.n_latents != sae.n_latents:
             raise ProgsaeError(f"importance has {imp.n_latents} latents, the SAE has {sae.n_latents}")
-        if imp.sae_sha256 is not None and imp.sae_sha256 != sae_fingerprint(sae):
+        if imp.sae_sha256 is not None and imp.sae_sha256 != (fingerprint or sae_fingerprint(sae)):
             raise ProgsaeError("importance was measured on a different SAE (weights fingerprint differs); re-run `progsae importance`")
     return imp
 

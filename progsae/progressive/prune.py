@@ -51,7 +51,9 @@ def check_size(sae, size) -> int:
     return g
 
 
-def ordering_for(sae, order: str, importance=None, acts=None, seed: int | None = None) -> tuple[Tensor, Importance | None]:
+def ordering_for(
+    sae, order: str, importance=None, acts=None, seed: int | None = None, fingerprint: str | None = None
+) -> tuple[Tensor, Importance | None]:
     """The permutation of latents (most important first) for `order`, and the importance it used."""
     n = sae.n_latents
     if order not in PRUNE_ORDERS:
@@ -60,14 +62,14 @@ def ordering_for(sae, order: str, importance=None, acts=None, seed: int | None =
         return torch.arange(n), None
     if order == "random":
         if seed is None and importance is not None:
-            imp = as_importance(importance, sae)
+            imp = as_importance(importance, sae, fingerprint)
             return imp.ordering("random"), imp
         return torch.randperm(n, generator=torch.Generator().manual_seed(seed or 0)), None
     if importance is None:
         if acts is None:
             raise ProgsaeError(f"order '{order}' needs importance: pass an importance file (--importance) or activations (--acts)")
         importance = measure_importance(sae, acts)
-    imp = as_importance(importance, sae)
+    imp = as_importance(importance, sae, fingerprint)
     return imp.ordering(order), imp
 
 
@@ -75,8 +77,8 @@ def _provenance(sae) -> dict[str, Any]:
     return copy.deepcopy(sae.cfg.provenance)
 
 
-def _sort_record(sae, order: str, imp: Importance | None) -> dict[str, Any]:
-    rec: dict[str, Any] = {"order": order, "parent_sha256": sae_fingerprint(sae)}
+def _sort_record(fingerprint: str, order: str, imp: Importance | None) -> dict[str, Any]:
+    rec: dict[str, Any] = {"order": order, "parent_sha256": fingerprint}
     if imp is not None:
         rec.update({"importance_sha256": imp.sae_sha256, "importance_tokens": imp.n_tokens, "importance_source": imp.source})
     return rec
@@ -88,11 +90,12 @@ def sort_sae(sae, order: str = "ef2", importance=None, acts=None, seed: int | No
         raise ProgsaeError(f"cannot sort by '{order}' (use one of {', '.join(ORDERINGS)})")
     if sae.cfg.mask_size is not None:
         raise ProgsaeError("this SAE is already mask-pruned; sort its parent instead")
-    perm, imp = ordering_for(sae, order, importance, acts, seed)
+    fingerprint = sae_fingerprint(sae)
+    perm, imp = ordering_for(sae, order, importance, acts, seed, fingerprint)
     out = sae.permute(perm)
     prov = _provenance(sae)
     if order in STATISTICS:
-        prov["sorted_by"] = _sort_record(sae, order, imp)
+        prov["sorted_by"] = _sort_record(fingerprint, order, imp)
     elif order == "random":
         prov.pop("sorted_by", None)
     out.cfg.provenance = prov
@@ -128,13 +131,14 @@ def prune(
         )
     if cfg.mask_size is not None and order not in ("prefix", "unsorted"):
         raise ProgsaeError(f"this SAE is already mask-pruned to {cfg.mask_size} latents; prune its parent, or use --order prefix")
-    perm, imp = ordering_for(sae, order, importance, acts, seed)
+    fingerprint = sae_fingerprint(sae)
+    perm, imp = ordering_for(sae, order, importance, acts, seed, fingerprint)
     keep_prefixes = order in ("prefix", "unsorted") and cfg.prefixes is not None
 
     prov = _provenance(sae)
     record: dict[str, Any] = {
         "parent": parent,
-        "parent_sha256": sae_fingerprint(sae),
+        "parent_sha256": fingerprint,
         "parent_n_latents": sae.n_latents,
         "order": order,
         "size": g,
@@ -148,7 +152,7 @@ def prune(
     if "prune" in prov:
         record["previous"] = prov["prune"]
     if order in STATISTICS:
-        prov["sorted_by"] = _sort_record(sae, order, imp)
+        prov["sorted_by"] = _sort_record(fingerprint, order, imp)
     elif order == "random":
         prov.pop("sorted_by", None)
 
