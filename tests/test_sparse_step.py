@@ -120,12 +120,19 @@ def test_batch_topk_selection_equals_dense_top_kB():
     g = torch.Generator().manual_seed(5)
     pre = torch.randn(64, 500, generator=g, dtype=torch.float64)
     pre[7] += 6.0  # one row holds nearly all winners
-    relu = pre.relu()
-    rows, cols, vals = batch_topk_selection(relu.clone(), 8)
+    rows, cols, vals = batch_topk_selection(pre.clone(), 8)
     z = torch.zeros_like(pre)
     z[rows, cols] = vals
     assert torch.equal(z, batch_topk_dense(pre, 8))
     assert (rows == 7).sum().item() > 100
+    assert torch.all(rows[1:] >= rows[:-1])
+    few = pre - 3.0  # fewer than k*B positive entries: all of them are kept, zeros are not carried
+    few[7] -= 6.0
+    rows, cols, vals = batch_topk_selection(few.clone(), 8)
+    z = torch.zeros_like(pre)
+    z[rows, cols] = vals
+    assert 0 < vals.numel() < 8 * 64 and bool((vals > 0).all())
+    assert torch.equal(z, batch_topk_dense(few, 8))
 
 
 def test_training_step_uses_sparse_path_by_default():

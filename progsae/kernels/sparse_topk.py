@@ -24,9 +24,16 @@ def bag_offsets(bags_E: Tensor, num_bags: int) -> Tensor:
     return counts.cumsum(0) - counts
 
 
+def sort_perm(keys_E: Tensor, bound: int) -> Tensor:
+    """Stable ascending order of non-negative integer keys < bound (int32 keys take torch's fast radix sort)."""
+    if bound < 2**31:
+        keys_E = keys_E.to(torch.int32)
+    return torch.sort(keys_E, stable=True).indices
+
+
 def sparse_t_matmul(rows_E: Tensor, cols_E: Tensor, w_E: Tensor, X_RD: Tensor, n: int) -> Tensor:
     """S^T @ X for the sparse [R, n] matrix S with S[rows, cols] = w (duplicates add): out[c] = sum w_e X[rows_e]."""
-    perm = torch.argsort(cols_E)
+    perm = sort_perm(cols_E, n)
     return F.embedding_bag(
         rows_E[perm], X_RD, bag_offsets(cols_E, n), mode="sum", per_sample_weights=w_E[perm].to(X_RD.dtype)
     )
@@ -40,21 +47,24 @@ def pre_acts(x_BD: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, subtract
     return x_BD @ W_enc + b_enc
 
 
-def topk_selection(relu_pre_BN: Tensor, k: int, sort_cols: bool = False) -> Selection:
-    """The k largest entries of each row (ties broken as `Tensor.topk`); optionally sorted by latent in each row."""
-    vals_BK, idx_BK = relu_pre_BN.topk(k, dim=-1, sorted=False)
-    if sort_cols:
-        idx_BK, order = idx_BK.sort(dim=-1)
-        vals_BK = vals_BK.gather(1, order)
-    B = relu_pre_BN.shape[0]
+def topk_selection(pre_BN: Tensor, k: int) -> Selection:
+    """The k largest ReLU'd entries of each row, entries grouped by row.
+
+    Taking the top k of pre-activations and then the ReLU gives the same values as the top k of ReLU(pre);
+    where they differ (rows with fewer than k positive entries) the value is 0 either way.
+    """
+    vals_BK, idx_BK = pre_BN.topk(k, dim=-1, sorted=False)
+    vals_BK.clamp_min_(0)
+    B = pre_BN.shape[0]
     rows_E = torch.arange(B, device=idx_BK.device).repeat_interleave(k)
     return rows_E, idx_BK.flatten(), vals_BK.flatten()
 
 
 class SparseEncoder(torch.autograd.Function):
-    """vals_E = ReLU(W_enc^T (x - b_dec) + b_enc)[rows_E, cols_E] for entries chosen by `select(ReLU(pre))`.
+    """vals_E = ReLU(W_enc^T (x - b_dec) + b_enc)[rows_E, cols_E] for entries chosen by `select(pre)`.
 
-    `select` receives the dense ReLU'd pre-activations [B, N] (it may modify them) and returns a Selection.
+    `select` receives the dense pre-activations [B, N] (it may modify them) and returns a Selection whose
+    values are the ReLU'd pre-activations at the chosen entries.
     Backward builds gradients of x, W_enc, b_enc, b_dec from the E chosen entries only; entries whose value
     is 0 get no gradient (ReLU's derivative at 0 is 0, as in dense autograd).
     """
@@ -62,9 +72,9 @@ class SparseEncoder(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x_BD, W_enc, b_enc, b_dec, select: Callable[[Tensor], Selection], subtract_b_dec: bool):
         xc_BD = x_BD - b_dec if subtract_b_dec else x_BD
-        relu_pre_BN = torch.addmm(b_enc, xc_BD, W_enc).relu_()
-        rows_E, cols_E, vals_E = select(relu_pre_BN)
-        del relu_pre_BN
+        pre_BN = torch.addmm(b_enc, xc_BD, W_enc)
+        rows_E, cols_E, vals_E = select(pre_BN)
+        del pre_BN
         ctx.save_for_backward(xc_BD, W_enc, rows_E, cols_E, vals_E)
         ctx.subtract_b_dec = subtract_b_dec
         ctx.mark_non_differentiable(rows_E, cols_E)

@@ -12,7 +12,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from progsae.kernels.sparse_topk import Selection, sparse_decode_bags, sparse_encode, topk_selection
+from progsae.kernels.sparse_topk import Selection, sort_perm, sparse_decode_bags, sparse_encode, topk_selection
 from progsae.sae.base import SAE, StepOutput, TrainContext
 from progsae.sae.losses import prefix_sizes, prefix_weights, sq_error
 
@@ -35,22 +35,17 @@ def dense_reference() -> Iterator[None]:
         _SPARSE_ENABLED = old
 
 
-def _sorted_by_row_col(rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, n: int) -> Selection:
-    order = torch.argsort(rows_E * n + cols_E)
-    return rows_E[order], cols_E[order], vals_E[order]
-
-
-def batch_topk_selection(relu_pre_BN: Tensor, k: int) -> Selection:
-    """The k*B largest entries of the whole batch (zeros dropped), sorted by (row, latent).
+def batch_topk_selection(pre_BN: Tensor, k: int) -> Selection:
+    """The k*B largest ReLU'd pre-activations of the whole batch (zeros dropped), grouped by row.
 
     Each row offers its top candidates; a row whose candidates were all taken (and still positive) may hold
     more winners, so only such rows are re-offered with 4x more candidates until none is saturated.
     """
-    B, n = relu_pre_BN.shape
+    B, n = pre_BN.shape
     total = min(k * B, B * n)
-    kc_B = torch.full((B,), min(n, 2 * k), dtype=torch.long, device=relu_pre_BN.device)
-    vals_BC, cols_BC = relu_pre_BN.topk(int(kc_B[0]), dim=-1, sorted=False)
-    rows_C = torch.arange(B, device=relu_pre_BN.device).repeat_interleave(cols_BC.shape[1])
+    kc_B = torch.full((B,), min(n, 2 * k), dtype=torch.long, device=pre_BN.device)
+    vals_BC, cols_BC = pre_BN.topk(int(kc_B[0]), dim=-1, sorted=False)
+    rows_C = torch.arange(B, device=pre_BN.device).repeat_interleave(cols_BC.shape[1])
     cols_C, vals_C = cols_BC.flatten(), vals_BC.flatten()
     min_B = vals_BC.amin(-1)
     while True:
@@ -61,7 +56,7 @@ def batch_topk_selection(relu_pre_BN: Tensor, k: int) -> Selection:
             break
         sat_rows = sat_B.nonzero().squeeze(1)
         kc = min(n, 4 * int(kc_B[sat_rows].max()))
-        v_SC, c_SC = relu_pre_BN.index_select(0, sat_rows).topk(kc, dim=-1, sorted=False)
+        v_SC, c_SC = pre_BN.index_select(0, sat_rows).topk(kc, dim=-1, sorted=False)
         keep = ~sat_B[rows_C]
         rows_C = torch.cat([rows_C[keep], sat_rows.repeat_interleave(kc)])
         cols_C = torch.cat([cols_C[keep], c_SC.flatten()])
@@ -69,15 +64,16 @@ def batch_topk_selection(relu_pre_BN: Tensor, k: int) -> Selection:
         kc_B[sat_rows] = kc
         min_B[sat_rows] = v_SC.amin(-1)
     rows_E, cols_E, vals_E = rows_C[pos], cols_C[pos], vals_C[pos]
-    pos_E = vals_E > 0
-    return _sorted_by_row_col(rows_E[pos_E], cols_E[pos_E], vals_E[pos_E], n)
+    order = sort_perm(rows_E, B)
+    order = order[vals_E[order] > 0]
+    return rows_E[order], cols_E[order], vals_E[order]
 
 
-def aux_selection(relu_pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
+def aux_selection(pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
     """Top k_aux dead latents per row (positive entries only), sorted by row."""
-    B, n = relu_pre_BN.shape
+    B, n = pre_BN.shape
     dead_idx = dead_N.nonzero().squeeze(1)
-    sub_BM = relu_pre_BN if dead_idx.numel() == n else relu_pre_BN.index_select(1, dead_idx)
+    sub_BM = pre_BN if dead_idx.numel() == n else pre_BN.index_select(1, dead_idx)  # ReLU after top-k: same values
     vals_BK, j_BK = sub_BM.topk(k_aux, dim=-1, sorted=False)
     rows_E = torch.arange(B, device=j_BK.device).repeat_interleave(k_aux)
     cols_E, vals_E = dead_idx[j_BK.flatten()], vals_BK.flatten()
@@ -88,17 +84,22 @@ def aux_selection(relu_pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
 def _prefix_recon(
     sae: SAE, x_BD: Tensor, rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, prefixes: list[int], weights: list[float]
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Matryoshka: one decode of per-(row, latent group) partial sums, prefix reconstructions by a running sum."""
+    """Matryoshka: one decode of per-(row, latent group) partial sums, then prefix residuals by a running sum."""
     B, D = x_BD.shape
     G = len(prefixes)
     bounds_G1 = torch.tensor(prefixes[:-1], dtype=cols_E.dtype, device=cols_E.device)
     bags_E = rows_E * G + torch.searchsorted(bounds_G1, cols_E, right=True)
-    parts_BGD = sparse_decode_bags(vals_E, cols_E, bags_E, sae.W_dec, B * G).view(B, G, D)
-    x_hat_BGD = parts_BGD.cumsum(1) + sae.b_dec
-    err_G = (x_BD[:, None, :] - x_hat_BGD).pow(2).sum(-1).mean(0)
-    w_G = torch.tensor(weights, dtype=err_G.dtype, device=err_G.device)
-    terms = {f"recon_{m}": err_G[g].detach() for g, m in enumerate(prefixes)}
-    return (w_G * err_G).sum(), x_hat_BGD[:, -1], terms
+    order = sort_perm(bags_E, B * G)
+    parts_BGD = sparse_decode_bags(vals_E[order], cols_E[order], bags_E[order], sae.W_dec, B * G).view(B, G, D)
+    resid_BD = x_BD - sae.b_dec
+    total = x_BD.new_zeros(())
+    terms = {}
+    for g, (m, w) in enumerate(zip(prefixes, weights)):
+        resid_BD = resid_BD - parts_BGD[:, g]
+        err = resid_BD.pow(2).sum(-1).mean()
+        terms[f"recon_{m}"] = err.detach()
+        total = total + w * err
+    return total, x_BD - resid_BD, terms
 
 
 def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
@@ -113,15 +114,15 @@ def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
     k_aux = min(ctx.k_aux, int(dead_N.sum())) if use_aux and dead_N is not None else 0
     n_main: list[int] = []
 
-    def select(relu_pre_BN: Tensor) -> Selection:
+    def select(pre_BN: Tensor) -> Selection:
         if batch:
-            main = batch_topk_selection(relu_pre_BN, k)
+            main = batch_topk_selection(pre_BN, k)
         else:
-            main = topk_selection(relu_pre_BN, k, sort_cols=bool(prefixes))
+            main = topk_selection(pre_BN, k)
         n_main.append(main[0].numel())
         if k_aux == 0:
             return main
-        aux = aux_selection(relu_pre_BN, dead_N.to(relu_pre_BN.device), k_aux)
+        aux = aux_selection(pre_BN, dead_N.to(pre_BN.device), k_aux)
         return tuple(torch.cat([a, b]) for a, b in zip(main, aux))  # type: ignore[return-value]
 
     rows_E, cols_E, vals_E = sparse_encode(x_BD, sae.W_enc, sae.b_enc, sae.b_dec, select, sae.cfg.subtract_b_dec)
