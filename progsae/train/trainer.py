@@ -189,8 +189,8 @@ class Trainer:
         batches = self.store.iter_batches(
             "train", cfg.batch_size, shuffle=True, seed=cfg.seed, start_batch=st.step, loop=True, max_memory_bytes=cfg.buffer_bytes
         )
-        ctx = TrainContext(aux_coef=cfg.aux_coef, k_aux=cfg.k_aux, generator=self.prefix_gen)
-        bar = Progress(self.total_steps * self.sync.tokens(cfg.batch_size), st.tokens, self.progress_enabled)
+        ctx = TrainContext(aux_coef=cfg.aux_coef, k_aux=cfg.k_aux, generator=self.prefix_gen, global_mean=self.sync.mean)
+        bar = Progress(self.total_steps * cfg.batch_size, st.tokens, self.progress_enabled)  # batch_size is global
         t_start, t_log, tokens_log = time.perf_counter(), time.perf_counter(), st.tokens
         wall_before = st.wall_time_s
         try:
@@ -293,7 +293,11 @@ def train_sae(store_or_path, out_dir, cfg: TrainConfig, *, resume: bool = False,
     """Train an SAE on an activation store's train split; out_dir becomes an SAE folder (load_sae) plus
     metrics.jsonl and checkpoint/. With resume=True an interrupted run continues from its last checkpoint."""
     store = store_or_path if isinstance(store_or_path, ActivationStore) else ActivationStore(store_or_path)
-    trainer = Trainer(store, Path(out_dir), cfg, resume=resume, progress=progress)
+    # under torchrun (or an initialised process group): this process's share of each batch, and its sync
+    from progsae.train.distributed import data_parallel
+
+    store, cfg, sync = data_parallel(store, cfg)
+    trainer = Trainer(store, Path(out_dir), cfg, resume=resume, progress=progress, sync=sync)
     return trainer.run()
 
 
