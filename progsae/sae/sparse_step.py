@@ -14,7 +14,7 @@ from torch import Tensor
 
 from progsae.kernels.sparse_topk import Selection, sort_perm, sparse_decode_bags, sparse_encode, topk_selection
 from progsae.sae.base import SAE, StepOutput, TrainContext
-from progsae.sae.losses import prefix_sizes, prefix_weights, sq_error
+from progsae.sae.losses import prefix_sizes, prefix_weights, residual_variance, sq_error
 
 _SPARSE_ENABLED = True
 
@@ -142,8 +142,7 @@ def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
         if k_aux > 0:
             resid = (x_BD - x_hat).detach()
             aux_hat = sparse_decode_bags(vals_E[m:], cols_E[m:], rows_E[m:], sae.W_dec, B)
-            denom = (resid - resid.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-8)
-            aux = sq_error(resid, aux_hat) / denom
+            aux = sq_error(resid, aux_hat) / residual_variance(resid, ctx)  # global-batch statistic under DDP
         else:
             aux = x_BD.new_zeros(())
         losses["aux"] = aux
