@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from progsae.kernels.prefix_loss import prefix_sq_errors
 from progsae.kernels.sparse_topk import sparse_decode, sparse_decode_bags, sparse_t_matmul, topk_encode
 
 TOL = 1e-10
@@ -87,5 +88,30 @@ def test_bag_decoder_matches_dense_with_empty_bags():
     y, g = grads_of(lambda: sparse_decode_bags(vals, cols, bags, W_dec, 30), [vals, W_dec], g_out)
     assert y[25:].abs().max().item() == 0.0
     assert (y - y_ref).abs().max().item() <= TOL
+    for a, b in zip(g, g_ref):
+        assert (a - b).abs().max().item() <= TOL
+
+
+def test_prefix_sq_errors_match_autograd_of_running_sum():
+    gen = torch.Generator().manual_seed(4)
+    x, b_dec, parts = leaf(B, D, gen=gen), leaf(D, gen=gen), leaf(B, 3, D, gen=gen)
+    w = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+
+    def dense():
+        x_hat, errs = b_dec.expand_as(x), []
+        for g in range(3):
+            x_hat = x_hat + parts[:, g]
+            errs.append((x - x_hat).pow(2).sum(-1).mean())
+        return torch.stack(errs)
+
+    def fast():
+        errs, resid = prefix_sq_errors(x, b_dec, parts)
+        assert not resid.requires_grad
+        assert (x - resid - b_dec - parts.sum(1)).abs().max().item() <= TOL
+        return errs
+
+    e_ref, g_ref = grads_of(dense, [x, b_dec, parts], w)
+    e, g = grads_of(fast, [x, b_dec, parts], w)
+    assert (e - e_ref).abs().max().item() <= TOL
     for a, b in zip(g, g_ref):
         assert (a - b).abs().max().item() <= TOL

@@ -2,6 +2,8 @@
 
 It computes exactly what `progsae.sae.losses.dense_step` computes (same loss names and statistics), but
 the backward touches only the selected latents. `dense_reference()` switches back to the dense step.
+Differences: `x_hat_BD` carries no autograd graph, and `extras` holds the selected entries (rows_E, cols_E,
+vals_E) instead of a dense z_BN.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from progsae.kernels.prefix_loss import prefix_sq_errors
 from progsae.kernels.sparse_topk import Selection, sort_perm, sparse_decode_bags, sparse_encode, topk_selection
 from progsae.sae.base import SAE, StepOutput, TrainContext
 from progsae.sae.losses import prefix_sizes, prefix_weights, residual_variance, sq_error
@@ -81,25 +84,30 @@ def aux_selection(pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
     return rows_E[pos_E], cols_E[pos_E], vals_E[pos_E]
 
 
-def _prefix_recon(
-    sae: SAE, x_BD: Tensor, rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, prefixes: list[int], weights: list[float]
+def _recon(
+    sae: SAE, x_BD: Tensor, rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, prefixes: list[int] | None
 ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Matryoshka: one decode of per-(row, latent group) partial sums, then prefix residuals by a running sum."""
+    """Reconstruction loss, detached x_hat and Matryoshka terms, from ONE decode of per-(row, latent group) sums.
+
+    Vanilla is the one-group case. Prefix reconstructions are a running sum over the groups.
+    """
     B, D = x_BD.shape
-    G = len(prefixes)
-    bounds_G1 = torch.tensor(prefixes[:-1], dtype=cols_E.dtype, device=cols_E.device)
-    bags_E = rows_E * G + torch.searchsorted(bounds_G1, cols_E, right=True)
-    order = sort_perm(bags_E, B * G)
-    parts_BGD = sparse_decode_bags(vals_E[order], cols_E[order], bags_E[order], sae.W_dec, B * G).view(B, G, D)
-    resid_BD = x_BD - sae.b_dec
-    total = x_BD.new_zeros(())
-    terms = {}
-    for g, (m, w) in enumerate(zip(prefixes, weights)):
-        resid_BD = resid_BD - parts_BGD[:, g]
-        err = resid_BD.pow(2).sum(-1).mean()
-        terms[f"recon_{m}"] = err.detach()
-        total = total + w * err
-    return total, x_BD - resid_BD, terms
+    G = len(prefixes) if prefixes else 1
+    if G == 1:
+        bags_E = rows_E  # entries are grouped by row already
+    else:
+        bounds_G1 = torch.tensor(prefixes[:-1], dtype=cols_E.dtype, device=cols_E.device)
+        bags_E = rows_E * G + torch.searchsorted(bounds_G1, cols_E, right=True)
+        order = sort_perm(bags_E, B * G)
+        rows_E, cols_E, vals_E, bags_E = rows_E[order], cols_E[order], vals_E[order], bags_E[order]
+    parts_BGD = sparse_decode_bags(vals_E, cols_E, bags_E, sae.W_dec, B * G).view(B, G, D)
+    err_G, resid_BD = prefix_sq_errors(x_BD, sae.b_dec, parts_BGD)
+    x_hat = x_BD - resid_BD
+    if not prefixes:
+        return err_G[0], x_hat, {}
+    w_G = torch.tensor(prefix_weights(sae, prefixes), dtype=err_G.dtype, device=err_G.device)
+    terms = {f"recon_{m}": err_G[g].detach() for g, m in enumerate(prefixes)}
+    return (w_G * err_G).sum(), x_hat, terms
 
 
 def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
@@ -129,13 +137,7 @@ def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
     m = n_main[0]
     rows_M, cols_M, vals_M = rows_E[:m], cols_E[:m], vals_E[:m]
 
-    losses: dict[str, Tensor] = {}
-    if prefixes:
-        recon, x_hat, terms = _prefix_recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes, prefix_weights(sae, prefixes))
-        losses.update(terms)
-    else:
-        x_hat = sparse_decode_bags(vals_M, cols_M, rows_M, sae.W_dec, B) + sae.b_dec
-        recon = sq_error(x_BD, x_hat)
+    recon, x_hat, losses = _recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes)
     losses["recon"] = recon
     loss = recon
     if use_aux:
