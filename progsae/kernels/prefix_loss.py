@@ -23,7 +23,8 @@ class PrefixSqError(torch.autograd.Function):
         for g in range(G):
             resid_BD = resid_BD - parts_BGD[:, g]
             resids.append(resid_BD)
-            errs.append(torch.linalg.vecdot(resid_BD, resid_BD).sum() / B)
+            flat = resid_BD.view(-1)
+            errs.append(torch.dot(flat, flat) / B)
         ctx.save_for_backward(*resids)
         last = resids[-1].clone()
         ctx.mark_non_differentiable(last)
