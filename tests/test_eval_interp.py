@@ -55,8 +55,8 @@ def test_planted_token_latent_scores_high_and_random_latent_near_zero(text_store
     assert planted.latents == 8 and rnd.latents == 8
     assert planted.mean > 0.95
     assert abs(rnd.mean) < 0.15
-    assert planted.ci_low <= planted.mean <= planted.ci_high
-    assert rnd.ci_low <= rnd.mean <= rnd.ci_high and rnd.ci_high - rnd.ci_low > 0
+    assert planted.lo <= planted.mean <= planted.hi
+    assert rnd.lo <= rnd.mean <= rnd.hi and rnd.hi - rnd.lo > 0
     ex = {ls.latent: ls.explanation for ls in res.latents}
     assert "#1" in ex[0] and "#8" in ex[7]  # the explanation names the planted token
 

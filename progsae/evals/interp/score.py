@@ -50,13 +50,15 @@ class LatentScore(BaseModel):
 
 
 class BandScore(BaseModel):
+    """Mean score of a band of latents [start, end) with its bootstrap interval [lo, hi]."""
+
     band: str
-    lo: int
-    hi: int
+    start: int
+    end: int
     latents: int
     mean: float | None
-    ci_low: float | None
-    ci_high: float | None
+    lo: float | None
+    hi: float | None
 
 
 class InterpResult(Record):
@@ -176,7 +178,7 @@ def evaluate_interp(
                 scores.append(s)
             latent_scores.append(LatentScore(latent=lat, band=name, score=s, max_act=le.max_act, explanation=expl.text))
         mean, low, high = bootstrap_mean(scores, cfg.n_bootstrap, cfg.confidence, cfg.seed + b)
-        band_scores.append(BandScore(band=name, lo=lo, hi=hi, latents=len(scores), mean=mean, ci_low=low, ci_high=high))
+        band_scores.append(BandScore(band=name, start=lo, end=hi, latents=len(scores), mean=mean, lo=low, hi=high))
     all_scores = [ls.score for ls in latent_scores if ls.score is not None]
     return InterpResult(
         **Record.header(variant),

@@ -1,0 +1,266 @@
+"""Run any set of evaluations over any set of SAEs and sizes, and write one results JSON.
+
+Sizes come from the progressive API (`sae.at_size(G, mode)`); the full-size SAE is evaluated once
+and reported under every mode. Interpretability runs on each full-size SAE with latent bands cut
+at the requested sizes (or its Matryoshka groups), since a latent's band is its rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from progsae.errors import ProgsaeError
+from progsae.evals.common import Variant, write_json
+from progsae.evals.interp.score import InterpConfig, InterpResult, default_bands, evaluate_interp
+from progsae.evals.lm_loss import LMLossConfig, LMLossResult
+from progsae.evals.reconstruction import ReconstructionConfig, ReconstructionResult, evaluate_reconstruction
+from progsae.evals.similarity import SimilarityConfig, SimilarityResult, evaluate_similarity
+
+METRICS = ("recon", "ce", "rsa", "interp")
+RESULTS_FORMAT = "progsae-eval"
+
+
+class EvalRunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: list[str] = Field(default_factory=lambda: ["recon", "rsa"])
+    sizes: list[int] | None = None  # None: each SAE at its own size
+    modes: list[Literal["mask", "retopk"]] = Field(default_factory=lambda: ["mask"])
+    model: str | None = None  # None: the store's model
+    hook: str | None = None  # None: the store's hook
+    explainer: Literal["deterministic", "llm"] = "deterministic"
+    llm_url: str | None = None
+    llm_model: str | None = None
+    llm_cache: str | None = None
+    recon: ReconstructionConfig = Field(default_factory=ReconstructionConfig)
+    ce: LMLossConfig = Field(default_factory=LMLossConfig)
+    rsa: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    interp: InterpConfig = Field(default_factory=InterpConfig)
+
+
+class VariantInfo(BaseModel):
+    name: str
+    source: str
+    size: int | None
+    mode: str | None
+
+
+class EvalResults(BaseModel):
+    """Everything `progsae eval` writes: per-evaluation records, one flat row per (method, size, mode), bands."""
+
+    format: str = RESULTS_FORMAT
+    version: int = 1
+    store: str
+    model: str | None = None
+    hook: str | None = None
+    config: EvalRunConfig
+    variants: list[VariantInfo]
+    reconstruction: list[ReconstructionResult] = Field(default_factory=list)
+    lm_loss: list[LMLossResult] = Field(default_factory=list)
+    similarity: list[SimilarityResult] = Field(default_factory=list)
+    interp: list[InterpResult] = Field(default_factory=list)
+    records: list[dict[str, Any]] = Field(default_factory=list)
+    bands: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+
+
+# ---- variants ----------------------------------------------------------------------------------
+def build_variants(saes: dict[str, Any], sizes: list[int] | None, modes: list[str]) -> list[Variant]:
+    """The SAEs at every requested size: `name@G/mode` via sae.at_size; the full size once, as `name@n`."""
+    out = []
+    for name, sae in saes.items():
+        n = int(sae.cfg.mask_size or sae.n_latents)
+        wanted = sorted(set(sizes)) if sizes else [n]
+        bad = [g for g in wanted if not 0 < g <= n]
+        if bad:
+            raise ProgsaeError(f"{name}: sizes {bad} are outside 1..{n}")
+        for g in wanted:
+            if g == n:
+                out.append(Variant(name=f"{name}@{g}", sae=sae, source=name, size=g, mode=None))
+                continue
+            for mode in modes:
+                out.append(Variant(name=f"{name}@{g}/{mode}", sae=sae.at_size(g, mode=mode), source=name, size=g, mode=mode))
+    return out
+
+
+def interp_bands(sae, sizes: list[int] | None) -> list[tuple[int, int]]:
+    """Bands cut at the requested sizes, else Matryoshka groups, else quarters."""
+    n = sae.n_latents
+    if sizes:
+        edges = [0, *sorted({g for g in sizes if 0 < g < n}), n]
+        return [(a, b) for a, b in zip(edges, edges[1:])]
+    return default_bands(n, sae.cfg.prefixes)
+
+
+# ---- the run -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _bar(desc: str, total: int, enabled: bool) -> Iterator:
+    if not enabled:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True, leave=False) as bar:
+        yield bar.update
+
+
+def _chat_model(cfg: EvalRunConfig, out_path: Path | None):
+    """The cached chat model for the LLM explainer: an HTTP endpoint, else a local HF model (default SmolLM2)."""
+    from progsae.evals.interp.llm import CachedChat, HFChat, OpenAIChat
+
+    cache = Path(cfg.llm_cache) if cfg.llm_cache else (out_path.parent if out_path else Path(".")) / "llm-cache"
+    if cfg.llm_url:
+        if not cfg.llm_model:
+            raise ProgsaeError("--llm-url needs --llm-model (the model name the endpoint serves)")
+        chat = CachedChat(OpenAIChat(cfg.llm_url, cfg.llm_model), cache)
+    else:
+        from progsae.data.models import load_model
+
+        name = cfg.llm_model or "smollm2"
+        model, tok = load_model(name)
+        chat = CachedChat(HFChat(model, tok, name=name), cache)
+    return chat
+
+
+def run_evals(
+    store,
+    saes: dict[str, Any],
+    cfg: EvalRunConfig,
+    out_path: str | Path | None = None,
+    progress: bool = True,
+    model_and_tokenizer: tuple | None = None,
+) -> EvalResults:
+    """Evaluate `saes` (name -> SAE) at cfg.sizes on `store`; writes out_path (JSON) when given."""
+    unknown = sorted(set(cfg.metrics) - set(METRICS))
+    if unknown:
+        raise ProgsaeError(f"unknown metrics {unknown} (known: {', '.join(METRICS)})")
+    if not saes:
+        raise ProgsaeError("no SAEs to evaluate")
+    for name, sae in saes.items():
+        if sae.d_in != store.d_model:
+            raise ProgsaeError(f"{name}: SAE d_in={sae.d_in} but the store has d_model={store.d_model}")
+    out_path = Path(out_path) if out_path else None
+    variants = build_variants(saes, cfg.sizes, cfg.modes)
+    model_name = cfg.model or store.meta.get("model")
+    hook_name = cfg.hook or store.meta.get("hook")
+    res = EvalResults(
+        store=str(store.path), model=model_name, hook=hook_name, config=cfg,
+        variants=[VariantInfo(name=v.name, source=v.source, size=v.size, mode=v.mode) for v in variants],
+    )
+    if "recon" in cfg.metrics:
+        total = min(store.num_tokens(cfg.recon.split), cfg.recon.max_tokens or 1 << 62)
+        with _bar("reconstruction", total, progress) as upd:
+            res.reconstruction = evaluate_reconstruction(store, variants, cfg.recon, upd)
+    if "rsa" in cfg.metrics:
+        with _bar("similarity", len(variants), progress) as upd:
+            res.similarity = evaluate_similarity(store, variants, cfg.rsa, upd)
+    tokenizer = None
+    if "ce" in cfg.metrics:
+        from progsae.data.hooks import resolve_hook
+        from progsae.evals.lm_loss import evaluate_lm_loss_from_store
+
+        if not model_name or not hook_name:
+            raise ProgsaeError("the LM loss needs --model and --hook (the store's meta.json names neither)")
+        if model_and_tokenizer is None:
+            from progsae.data.models import load_model
+
+            model_and_tokenizer = load_model(model_name)
+        model, tokenizer = model_and_tokenizer
+        site = resolve_hook(model, hook_name)
+        with _bar("lm loss", cfg.ce.contexts * int(store.meta.get("context_length") or 0), progress) as upd:
+            res.lm_loss = evaluate_lm_loss_from_store(store, model, site, variants, cfg.ce, upd)
+    if "interp" in cfg.metrics:
+        res.interp = _run_interp(store, saes, cfg, tokenizer, model_name, out_path, progress)
+    res.records = summary_records(res, cfg.modes)
+    res.bands = {r.source: {b.band: b.model_dump() for b in r.bands} for r in res.interp}
+    if out_path is not None:
+        write_json(out_path, res)
+    return res
+
+
+def _run_interp(store, saes, cfg: EvalRunConfig, tokenizer, model_name, out_path, progress) -> list[InterpResult]:
+    from progsae.evals.interp.base import default_detokenize, tokenizer_detokenize
+    from progsae.evals.interp.deterministic import TokenExplainer, TokenSimulator
+
+    if tokenizer is None and model_name:
+        tokenizer = _tokenizer_or_none(model_name)
+    detok = tokenizer_detokenize(tokenizer) if tokenizer is not None else default_detokenize
+    if cfg.explainer == "llm":
+        from progsae.evals.interp.llm import LLMExplainer, LLMSimulator
+
+        chat = _chat_model(cfg, out_path)
+        explainer, simulator = LLMExplainer(chat, detok), LLMSimulator(chat, detok)
+    else:
+        explainer, simulator = TokenExplainer(detokenize=detok), TokenSimulator()
+    out = []
+    for name, sae in saes.items():
+        icfg = cfg.interp if cfg.interp.bands else cfg.interp.model_copy(update={"bands": interp_bands(sae, cfg.sizes)})
+        total = min(store.num_tokens(icfg.split), (icfg.max_contexts or 1 << 40) * max(1, int(store.meta.get("context_length") or 1)))
+        with _bar(f"interp {name}", total, progress) as upd:
+            out.append(evaluate_interp(store, Variant(name=f"{name}@{sae.n_latents}", sae=sae, source=name, size=sae.n_latents), explainer, simulator, icfg, upd))
+    return out
+
+
+def _tokenizer_or_none(model_name: str):
+    """The model's tokenizer for readable explanations; None (token ids shown as #id) when it cannot load."""
+    try:
+        from transformers import AutoTokenizer
+
+        from progsae.data.models import resolve_model_path
+
+        return AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+    except Exception:  # noqa: BLE001 - explanations fall back to token ids
+        return None
+
+
+# ---- summary -----------------------------------------------------------------------------------
+def summary_records(res: EvalResults, modes: list[str]) -> list[dict[str, Any]]:
+    """One flat row per (method, size, mode); the full-size variant is repeated under each mode."""
+    by_variant: dict[str, dict[str, Any]] = {}
+    for r in res.reconstruction:
+        by_variant.setdefault(r.variant, {}).update(fvu=r.fvu, mse=r.mse, l0=r.l0, cosine=r.cosine, dead=r.dead_fraction)
+    for r in res.lm_loss:
+        by_variant.setdefault(r.variant, {}).update(
+            ce_clean=r.ce_clean, ce_sae=r.ce_sae, ce_recaptured_zero=r.ce_recaptured_zero,
+            ce_recaptured_mean=r.ce_recaptured_mean, delta_ce=r.delta_ce, kl=r.kl,
+        )
+    for r in res.similarity:
+        by_variant.setdefault(r.variant, {}).update(rsa=r.rsa_original, cka=r.cka_original, rsa_full=r.rsa_full)
+    interp_by_source = {r.source: r for r in res.interp}
+    rows = []
+    for v in res.variants:
+        vals = by_variant.get(v.name, {})
+        ir = interp_by_source.get(v.source)
+        if ir is not None and v.size is not None:
+            kept = [ls.score for ls in ir.latents if ls.score is not None and ls.latent < v.size]
+            vals = {**vals, "interp": sum(kept) / len(kept) if kept else None}
+        for mode in [v.mode] if v.mode else modes:
+            rows.append({"variant": v.name, "method": v.source, "size": v.size, "mode": mode, **vals})
+    return rows
+
+
+TABLE_COLUMNS = ("variant", "fvu", "l0", "dead", "ce_recaptured_zero", "ce_recaptured_mean", "delta_ce", "kl", "rsa", "cka", "interp")
+
+
+def format_table(res: EvalResults) -> str:
+    """The results as an aligned text table, one line per evaluated variant."""
+    seen, rows = set(), []
+    for r in res.records:
+        if r["variant"] in seen:
+            continue
+        seen.add(r["variant"])
+        rows.append(r)
+    cols = [c for c in TABLE_COLUMNS if c == "variant" or any(r.get(c) is not None for r in rows)]
+    fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(row, widths))) for row in cells]
+    for ir in res.interp:
+        lines.append(f"interp {ir.source}: " + ", ".join(
+            f"{b.band}: {fmt(b.mean)} [{fmt(b.lo)}, {fmt(b.hi)}] (n={b.latents})" for b in ir.bands))
+    return "\n".join(lines)
