@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from progsae.data.models import model_autocast
 from progsae.errors import ProgsaeError
 
 SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
@@ -161,7 +162,7 @@ def capture(
 
     handle = site.add_hook(grab)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), model_autocast(input_ids.device):  # bf16 on CUDA
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass

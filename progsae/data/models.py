@@ -7,6 +7,7 @@ Anything else is a hub id or a local folder, loaded with AutoModelForCausalLM / 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -112,3 +113,10 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer
+
+
+def model_autocast(device: str | torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast for language-model forwards on CUDA (weights stay as loaded); a no-op elsewhere (bf16 is slow on CPU)."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
