@@ -105,3 +105,19 @@ def _nccl_worker(rank: int, port: int, store: str, out: str) -> None:
         train_sae(store, out, TrainConfig(**TRAIN, device="cuda"), progress=False)
     finally:
         dist.destroy_process_group()
+
+
+def test_capture_on_cuda_runs_the_model_in_bf16_autocast(tiny_llama):
+    """Collecting on CUDA: the model forward runs under bf16 autocast; activations agree with fp32 CPU to bf16 precision."""
+    from progsae.data.hooks import capture, resolve_hook
+    from progsae.data.models import load_model
+
+    model, _ = load_model(str(tiny_llama), device="cpu")
+    ids = torch.randint(3, 300, (2, 16))
+    site = resolve_hook(model, "resid_post.1")
+    ref = capture(model, site, ids)
+    model.to("cuda")
+    got = capture(model, resolve_hook(model, "resid_post.1"), ids.to("cuda"))
+    assert model.get_input_embeddings().weight.dtype == torch.float32  # weights stay fp32; autocast does the rest
+    rel = (got.float().cpu() - ref).norm() / ref.norm()
+    assert 1e-6 < float(rel) < 5e-2  # bf16-level differences: the forward really ran in bf16
