@@ -14,6 +14,8 @@ from progsae.data.models import load_model
 from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):

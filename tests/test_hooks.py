@@ -8,6 +8,8 @@ from progsae.data.hooks import SITE_KINDS, capture, resolve_hook
 from progsae.data.models import load_model
 from progsae.errors import ProgsaeError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tiny_models(tiny_model_dirs):

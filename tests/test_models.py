@@ -8,6 +8,8 @@ import torch
 from progsae.data.models import cache_dir, load_model, package_folder, smollm2_gguf_path
 from progsae.errors import ProgsaeError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_local_folder_loads_in_eval_mode_without_grad(tiny_llama):
     model, tokenizer = load_model(str(tiny_llama))
