@@ -178,7 +178,8 @@ def simulate_messages(explanation: str, tokens: list[str]) -> Messages:
         {
             "role": "user",
             "content": f"The feature responds to: {explanation}\n\nTokens (index, token):\n{listing}\n\n"
-            "For every token write one line `index<TAB>activation` with an activation from 0 (not at all) to 10 (strongly).",
+            "For every token write one line `index<TAB>activation` with an activation from 0 (not at all) to 10 (strongly), "
+            "and nothing else. For example:\n0\t0\n1\t7\n2\t0",
         },
     ]
 
