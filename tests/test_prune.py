@@ -185,3 +185,23 @@ def test_cli_prune_writes_a_standalone_folder_with_provenance(tmp_path, capsys):
     assert rc == 2 and err.count("\n") == 0 and "size 99 is out of range" in err
     rc = main(["prune", str(tmp_path / "parent"), "--size", "8", "--order", "ef2", "--out", str(tmp_path / "bad")])
     assert rc == 2 and "needs importance" in capsys.readouterr().err
+
+
+def test_pruning_by_ef2_beats_unsorted_and_random_on_held_out_fvu(synth_store, trained_topk):
+    """A TopK SAE trained on planted power-law features, pruned to n/8, n/4, n/2 both ways."""
+    from progsae.data.store import ActivationStore
+    from progsae.evals.common import Variant
+    from progsae.evals.reconstruction import evaluate_reconstruction
+
+    sae = load_sae(trained_topk)
+    imp = importance(sae, synth_store)  # the store's held-out test split
+    n = sae.n_latents
+    variants = [
+        Variant(f"{order}/{mode}/{g}", prune(sae, g, order=order, mode=mode, importance=imp), size=g, mode=mode)
+        for g in (n // 8, n // 4, n // 2) for mode in ("mask", "retopk") for order in ("ef2", "unsorted", "random")
+    ]
+    fvu = {r.variant: r.fvu for r in evaluate_reconstruction(ActivationStore(synth_store), variants)}
+    print(" ".join(f"{k}={v:.3f}" for k, v in fvu.items()))
+    for g in (n // 8, n // 4, n // 2):
+        for mode in ("mask", "retopk"):
+            assert fvu[f"ef2/{mode}/{g}"] < min(fvu[f"unsorted/{mode}/{g}"], fvu[f"random/{mode}/{g}"]), (g, mode)
