@@ -11,6 +11,7 @@ over processes. Backend: gloo on CPU, NCCL on GPU.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 from collections.abc import Iterator
@@ -110,6 +111,7 @@ def init_process_group(device: str) -> None:
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend=backend)
+    atexit.register(shutdown)  # we joined the group, so we leave it (torchrun warns otherwise)
 
 
 def local_rank() -> int:
