@@ -14,6 +14,8 @@ from progsae.progressive import Importance, importance
 from progsae.progressive.importance import ORDERINGS, iter_activation_rows, rows_per_batch
 from progsae.sae import sae_class
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small torch ops: a 2nd thread only spins on a busy machine
+
 D, N, K = 16, 40, 5
 
 

@@ -9,6 +9,8 @@ from progsae import ProgsaeError
 from progsae.progressive import PowerLawSettings, cumulative_share, fit_power_law
 from progsae.report.figures import power_law_figure
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small torch ops: a 2nd thread only spins on a busy machine
+
 
 def planted(alpha: float, n: int = 3000, noise: float = 0.05, dead: int = 0, seed: int = 0) -> np.ndarray:
     """I_(r) = r^-alpha with multiplicative noise, shuffled, plus `dead` zeros."""

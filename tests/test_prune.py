@@ -11,6 +11,8 @@ from progsae.progressive import importance, prune, sort_sae
 from progsae.progressive.importance import ORDERINGS
 from progsae.sae import REGISTRY, sae_class
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small torch ops: a 2nd thread only spins on a busy machine
+
 D, N, K = 16, 48, 6
 
 
