@@ -35,7 +35,7 @@ def sparse_t_matmul(rows_E: Tensor, cols_E: Tensor, w_E: Tensor, X_RD: Tensor, n
     """S^T @ X for the sparse [R, n] matrix S with S[rows, cols] = w (duplicates add): out[c] = sum w_e X[rows_e]."""
     perm = sort_perm(cols_E, n)
     return F.embedding_bag(
-        rows_E[perm], X_RD, bag_offsets(cols_E, n), mode="sum", per_sample_weights=w_E[perm].to(X_RD.dtype)
+        rows_E[perm], X_RD.contiguous(), bag_offsets(cols_E, n), mode="sum", per_sample_weights=w_E[perm].to(X_RD.dtype)
     )
 
 

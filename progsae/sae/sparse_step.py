@@ -86,10 +86,11 @@ def aux_selection(pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
 
 def _recon(
     sae: SAE, x_BD: Tensor, rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, prefixes: list[int] | None
-) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """Reconstruction loss, detached x_hat and Matryoshka terms, from ONE decode of per-(row, latent group) sums.
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """Reconstruction loss, x_hat and residual (both detached) and Matryoshka terms.
 
-    Vanilla is the one-group case. Prefix reconstructions are a running sum over the groups.
+    ONE decode gives per-(row, latent group) partial sums; prefix reconstructions are a running sum over the
+    groups. Vanilla is the one-group case.
     """
     B, D = x_BD.shape
     G = len(prefixes) if prefixes else 1
@@ -104,10 +105,10 @@ def _recon(
     err_G, resid_BD = prefix_sq_errors(x_BD, sae.b_dec, parts_BGD)
     x_hat = x_BD - resid_BD
     if not prefixes:
-        return err_G[0], x_hat, {}
+        return err_G[0], x_hat, resid_BD, {}
     w_G = torch.tensor(prefix_weights(sae, prefixes), dtype=err_G.dtype, device=err_G.device)
     terms = {f"recon_{m}": err_G[g].detach() for g, m in enumerate(prefixes)}
-    return (w_G * err_G).sum(), x_hat, terms
+    return (w_G * err_G).sum(), x_hat, resid_BD, terms
 
 
 def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
@@ -137,12 +138,11 @@ def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
     m = n_main[0]
     rows_M, cols_M, vals_M = rows_E[:m], cols_E[:m], vals_E[:m]
 
-    recon, x_hat, losses = _recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes)
+    recon, x_hat, resid, losses = _recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes)
     losses["recon"] = recon
     loss = recon
     if use_aux:
         if k_aux > 0:
-            resid = (x_BD - x_hat).detach()
             aux_hat = sparse_decode_bags(vals_E[m:], cols_E[m:], rows_E[m:], sae.W_dec, B)
             aux = sq_error(resid, aux_hat) / residual_variance(resid, ctx)  # global-batch statistic under DDP
         else:
