@@ -182,6 +182,8 @@ def test_cli_prune_writes_a_standalone_folder_with_provenance(tmp_path, capsys):
         loaded = load_sae(out)
         expected = prune(sae, 12, order="ef2", mode=mode, importance=tmp_path / "imp.json")
         assert torch.equal(loaded(x), expected(x))
+        assert loaded.cfg.provenance["sorted_by"]["order"] == "ef2"  # a reloaded pruned SAE is still progressive
+        assert torch.equal(loaded.at_size(5, mode="retopk")(x), prune(sae, 5, order="ef2", mode="retopk", importance=tmp_path / "imp.json")(x))
     rc = main(["prune", str(tmp_path / "parent"), "--size", "99", "--order", "unsorted", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.count("\n") == 0 and "size 99 is out of range" in err

@@ -230,7 +230,7 @@ def importance(
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="tok", desc="importance", leave=False)
+        bar = tqdm(total=total, unit="tok", desc="importance", leave=False, disable=None)  # silent when not a terminal
     for x_BD in chunks:
         if x_BD.shape[1] != d:
             raise ProgsaeError(f"activations have width {x_BD.shape[1]}, the SAE expects d_in={d}")
