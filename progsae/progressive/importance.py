@@ -32,7 +32,11 @@ WORKING_COPIES_OF_N = 4  # dense [B, N] temporaries alive at once in a batch (pr
 def sae_fingerprint(sae) -> str:
     """SHA-256 of the SAE's tensors (first 16 hex digits): ties an importance file to the SAE it measured."""
     h = hashlib.sha256()
-    for name, t in sorted(sae.state_dict().items()):
+    if hasattr(sae, "state_dict"):
+        tensors = sae.state_dict()
+    else:  # any object with the SAE contract
+        tensors = {name: getattr(sae, name) for name in ("W_enc", "W_dec", "b_enc", "b_dec") if hasattr(sae, name)}
+    for name, t in sorted(tensors.items()):
         h.update(name.encode())
         arr = t.detach().cpu().contiguous().numpy().reshape(-1)
         if arr.size:
