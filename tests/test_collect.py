@@ -124,6 +124,7 @@ def test_interrupted_collect_resumes_to_the_identical_store(tmp_path, tiny_llama
         collect(cfg, tmp_path / "cut", model=model, tokenizer=tok, progress=False, on_batch=interrupt)
     partial = ActivationStore(tmp_path / "cut")
     assert 0 < partial.meta["splits"]["train"]["contexts"] < 10 or not partial.meta["splits"].get("test", {}).get("complete")
+    (tmp_path / "cut" / ".train-00002.safetensors.abc123").write_bytes(b"half a shard from a killed run")
     collect(cfg, tmp_path / "cut", model=model, tokenizer=tok, progress=False)
     full, resumed = _store_files(tmp_path / "full"), _store_files(tmp_path / "cut")
     assert full.keys() == resumed.keys()

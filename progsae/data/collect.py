@@ -136,6 +136,8 @@ def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bo
     probe = torch.tensor([[tokenizer.bos_token_id or 0, tokenizer.eos_token_id or 0]], device=cfg.device)
     d_model = int(capture(model, site, probe).shape[-1])
     meta = store_meta(cfg, d_model, site.n_layers, tokenizer)
+    for stale in out.glob(".*.safetensors.*"):  # half-written shard of a killed run (atomic writes leave only these)
+        stale.unlink()
     splits = [s for s in ("train", "test") if cfg.contexts_for(s) > 0]
     bar = _progress_bar(cfg, out, splits) if progress else None
     try:
