@@ -25,7 +25,7 @@ class TrainConfig:
     k_aux         AuxK latents; default d_in // 2 (Gao et al.).
     dead_window   tokens without firing after which a latent counts as dead;
                   default min(10M, total tokens / 10).
-    l1_coef       only used by relu; default 5.0 (with inputs normalised to E||x||^2 = d).
+    l1_coef       only used by relu; default 1.0 (inputs normalised to E||x||^2 = d); it sets the L0/FVU trade-off.
     l1_warmup_steps  the L1 coefficient ramps linearly from 0; default 5% of steps.
     normalize_input  scale inputs by one scalar so E||x||^2 = d; folded back into the weights at save.
     """
@@ -132,7 +132,7 @@ class TrainConfig:
         if r.dead_window is None:
             r.dead_window = min(DEFAULT_DEAD_WINDOW, max(self.batch_size, steps * self.batch_size // 10))
         if r.l1_coef is None:
-            r.l1_coef = 5.0 if self.arch == "relu" else 0.0
+            r.l1_coef = 1.0 if self.arch == "relu" else 0.0
         if r.l1_warmup_steps is None:
             r.l1_warmup_steps = steps // 20
         if r.arch == "relu":

@@ -11,6 +11,7 @@ import copy
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,19 +72,19 @@ def sae_config_for(cfg: TrainConfig, store: ActivationStore) -> SAEConfig:
 
 
 def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, store: ActivationStore) -> None:
-    """Refuse to resume with a different configuration or data."""
-    saved = ckpt.state["train_config"]
-    now = cfg.to_dict()
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if changed:
-        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ProgsaeError(f"cannot resume with a different configuration ({diffs}); use the original settings or a new --out")
+    """Refuse to resume on different data or with a different configuration."""
     if ckpt.state["d_in"] != store.d_model:
         raise ProgsaeError(f"store {store.path} has d_model={store.d_model} but the checkpoint was trained on d_model={ckpt.state['d_in']}")
     if ckpt.state["train_tokens"] != store.num_tokens("train"):
         raise ProgsaeError(
             f"store {store.path} has {store.num_tokens('train')} training tokens, the checkpoint's store had {ckpt.state['train_tokens']}; resume on the same store"
         )
+    saved = ckpt.state["train_config"]
+    now = cfg.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ProgsaeError(f"cannot resume with a different configuration ({diffs}); use the original settings or a new --out")
 
 
 class _InterruptFlag:
@@ -182,8 +183,9 @@ class Trainer:
         self.sync.barrier()
 
     # ---- the loop --------------------------------------------------------------------------
-    def run(self) -> SAE:
-        cfg, sae, st = self.cfg, self.sae, self.state
+    def run(self, on_step: Callable[[int], None] | None = None) -> SAE:
+        """Train to the last step; `on_step(step)` is called after each completed step."""
+        cfg, st = self.cfg, self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(self.out_dir, resume_step=st.step if st.step > 0 else None) if self.sync.is_main else None
         batches = self.store.iter_batches(
@@ -217,6 +219,8 @@ class Trainer:
                         self.save_checkpoint()
                     if interrupt.set:
                         raise KeyboardInterrupt
+                    if on_step is not None:
+                        on_step(st.step)
         finally:
             bar.close()
             if metrics is not None:

@@ -1,0 +1,95 @@
+"""Train an SAE on an activation store (see `progsae collect` / `progsae synth`).
+
+--arch topk|batchtopk|relu; --matryoshka 128,256,512 trains a Matryoshka SAE with those nested
+prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each step instead.
+Length: --steps S or --tokens T. The output folder holds cfg.json + sae.safetensors (load with
+progsae.load_sae), metrics.jsonl and checkpoint/; after Ctrl-C or a crash, re-run with --resume.
+
+Example: progsae train --acts runs/synth --arch topk --latents 512 --k 5 --tokens 2000000 --out runs/sae
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from progsae.errors import ProgsaeError
+from progsae.train.config import ARCHITECTURES, TrainConfig
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    p.add_argument("--acts", required=True, help="activation store folder")
+    p.add_argument("--out", required=True, help="SAE folder to write")
+    p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
+    p.add_argument("--latents", type=int, required=True, help="dictionary size n")
+    p.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
+    p.add_argument("--matryoshka", type=_int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
+    p.add_argument("--matryoshka-weights", type=_float_list, default=None, help="per-prefix loss weights (default equal)")
+    p.add_argument("--matryoshka-random", type=int, default=None, metavar="NUM_PREFIXES", help="sample this many prefixes each step")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--steps", type=int, help="optimiser steps")
+    length.add_argument("--tokens", type=int, help="training tokens (steps = tokens / batch size)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"tokens per step (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4 / sqrt(n / 2^14))")
+    p.add_argument("--warmup-steps", type=int, default=None, help="lr warm-up steps (default 5%% of steps, at most 1000)")
+    p.add_argument("--l1-coef", type=float, default=None, help="relu only: L1 coefficient (default 1)")
+    p.add_argument("--dead-window", type=int, default=None, help="tokens without firing that make a latent dead")
+    p.add_argument("--no-normalize", action="store_true", help="train on raw activations (no scalar normalisation)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})")
+    p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    if args.arch != "relu" and args.k is None:
+        raise ProgsaeError(f"--arch {args.arch} needs --k")
+    return TrainConfig(
+        arch=args.arch,
+        n_latents=args.latents,
+        k=args.k,
+        matryoshka=args.matryoshka,
+        matryoshka_weights=args.matryoshka_weights,
+        matryoshka_random=args.matryoshka_random,
+        steps=args.steps,
+        tokens=args.tokens,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        warmup_steps=args.warmup_steps,
+        l1_coef=args.l1_coef,
+        dead_window=args.dead_window,
+        normalize_input=not args.no_normalize,
+        seed=args.seed,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        device=args.device,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from progsae.train import train_sae
+    from progsae.train.metrics import read_metrics
+
+    sae = train_sae(args.acts, args.out, config_from_args(args), resume=args.resume, progress=not args.quiet)
+    last = read_metrics(args.out)[-1]
+    print(
+        f"wrote {args.out}: {sae.cfg.architecture} n={sae.n_latents} k={sae.cfg.k}, {last['tokens']} tokens, "
+        f"train FVU {last['fvu']:.4f}, L0 {last['l0']:.1f}, dead {last['dead_frac']:.3f}"
+    )
+    return 0
