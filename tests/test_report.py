@@ -2,7 +2,7 @@
 
 import base64
 
-from progsae.report.findings import compute_findings, matryoshka_finding, ordering_finding
+from progsae.report.findings import compute_findings, matryoshka_finding, ordering_finding, power_law_finding
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 
@@ -34,14 +34,17 @@ def test_matryoshka_verdict_follows_the_numbers():
 
 def test_all_findings_and_report_files(tmp_path):
     recs = records()
-    power_law = {"least_squares": {"alpha": 0.8, "r2": 0.97, "fit_range": [10, 200]},
-                 "comparisons": {"lognormal": {"R": 1.5, "p": 0.2}, "exponential": {"R": 30.0, "p": 0.001}}}
+    power_law = {"alpha": 0.8, "r2": 0.97, "fit_range": [10, 200], "alpha_ci": [0.75, 0.85], "rejected_for": [],
+                 "mle": {"comparisons": {"lognormal": {"R": 1.5, "p": 0.2, "preferred": "inconclusive"},
+                                         "exponential": {"R": 30.0, "p": 0.001, "preferred": "power_law"}}}}
     bands = {"pruned-ef2": {"0-64": {"mean": 0.7, "lo": 0.6, "hi": 0.8}, "128-256": {"mean": 0.6, "lo": 0.5, "hi": 0.7}},
              "matryoshka": {"0-64": {"mean": 0.6, "lo": 0.5, "hi": 0.7}, "128-256": {"mean": 0.4, "lo": 0.3, "hi": 0.5}}}
     timings = {"n_latents": 256, "train": {"vanilla-256": 10.0, "matryoshka-256": 12.0}}
     findings = compute_findings(recs, power_law, bands, timings)
     assert [f.verdict for f in findings] == ["supported"] * 5
     assert "1.20×" in findings[-1].evidence
+    assert power_law_finding({**power_law, "rejected_for": ["lognormal"]}).verdict == "mixed"
+    assert power_law_finding({**power_law, "r2": 0.5}).verdict == "not supported"
     fig = plot_metric_vs_size(recs, "fvu", tmp_path / "figures" / "fvu.png")
     plot_interp_bands(bands, tmp_path / "figures" / "interp.png")
     md = render_markdown("t", ["summary"], findings, [("FVU", "figures/fvu.png"), ("interp", "figures/interp.png")],

@@ -17,9 +17,9 @@ def make_stages(calls):
         return run
 
     return [
-        Stage("a", ("data",), (), ("a.txt",), writer("a")),
-        Stage("b", ("train",), ("a",), ("b.txt",), writer("b")),
-        Stage("c", ("eval",), ("b",), ("c.txt",), writer("c")),
+        Stage("a", ("data",), (), lambda cfg: ("a.txt",), writer("a"), owns=("a.txt", "a-parts")),
+        Stage("b", ("train",), ("a",), lambda cfg: ("b.txt",), writer("b")),
+        Stage("c", ("eval",), ("b",), lambda cfg: ("c.txt",), writer("c")),
     ]
 
 
@@ -49,7 +49,7 @@ def test_interrupted_stage_resumes_without_redoing_earlier_ones(tmp_path):
     def boom(ctx):
         raise KeyboardInterrupt
 
-    broken = stages[:1] + [Stage("b", ("train",), ("a",), ("b.txt",), boom)] + stages[2:]
+    broken = stages[:1] + [Stage("b", ("train",), ("a",), lambda cfg: ("b.txt",), boom)] + stages[2:]
     with pytest.raises(KeyboardInterrupt):
         run_stages(broken, RunContext(cfg, tmp_path), log=lambda m: None)
     run_stages(make_stages(calls), RunContext(cfg, tmp_path), log=lambda m: None)
@@ -59,3 +59,30 @@ def test_interrupted_stage_resumes_without_redoing_earlier_ones(tmp_path):
 def test_unknown_forced_stage_is_refused(tmp_path):
     with pytest.raises(ProgsaeError, match="unknown stage 'zzz'"):
         run_stages(make_stages([]), RunContext(load_study_config(preset="quick"), tmp_path), force={"zzz"})
+
+
+def test_partial_work_is_kept_on_resume_and_cleared_on_change_or_force(tmp_path):
+    cfg = load_study_config(preset="quick")
+    ctx = RunContext(cfg, tmp_path)
+    seen = []
+
+    def partial(ctx):
+        part = ctx.path("a-parts", "item1")
+        seen.append(part.exists())
+        part.parent.mkdir(exist_ok=True)
+        part.write_text("done")
+        if len(seen) == 1:
+            raise KeyboardInterrupt  # interrupted after finishing item1
+        ctx.path("a.txt").write_text("a")
+        return {}
+
+    stage = [Stage("a", ("data",), (), lambda cfg: ("a.txt",), partial, owns=("a.txt", "a-parts"))]
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(stage, ctx, log=lambda m: None)
+    run_stages(stage, ctx, log=lambda m: None)
+    assert seen == [False, True]  # the resumed attempt found item1
+    run_stages(stage, ctx, force={"a"}, log=lambda m: None)
+    assert seen[-1] is False  # forced: started afresh
+    cfg.data.train_tokens += 1
+    run_stages(stage, ctx, log=lambda m: None)
+    assert seen[-1] is False and len(seen) == 4  # config changed: stale items removed

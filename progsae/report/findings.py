@@ -31,22 +31,26 @@ def _verdict(passed: int, total: int) -> str:
 
 
 def power_law_finding(power_law: dict[str, Any] | None, min_r2: float = 0.9) -> Finding:
+    """Supported when the least-squares fit has R² >= min_r2 and no alternative is significantly preferred."""
     claim = "Latent importance (E[f²]) in the vanilla SAE follows a power law in rank"
     if not power_law:
         return Finding(claim, "not measured", "no power-law fit")
-    ls = power_law["least_squares"]
-    alpha, r2 = ls["alpha"], ls["r2"]
-    comps = power_law.get("comparisons", {})
-    favoured = [name for name, c in comps.items() if c.get("R", 0) < 0 and c.get("p", 1) < 0.1]
-    ok = r2 >= min_r2
-    evidence = f"least-squares α = {alpha:.3f}, R² = {r2:.3f} over ranks {ls['fit_range'][0]}–{ls['fit_range'][1]}"
+    alpha, r2, (lo, hi) = power_law["alpha"], power_law["r2"], power_law["fit_range"]
+    ci = power_law.get("alpha_ci") or [None, None]
+    evidence = f"least-squares α = {alpha:.3f}"
+    if None not in ci:
+        evidence += f" (95% bootstrap CI {ci[0]:.3f}–{ci[1]:.3f})"
+    evidence += f", R² = {r2:.3f} over ranks {lo}–{hi}"
+    comps = (power_law.get("mle") or {}).get("comparisons", {})
     if comps:
-        evidence += "; likelihood ratio vs " + ", ".join(
-            f"{name}: R = {c['R']:.2f} (p = {c['p']:.2g})" for name, c in comps.items()
+        evidence += "; MLE likelihood ratio vs " + ", ".join(
+            f"{name}: R = {c['R']:.2f}, p = {c['p']:.2g} ({c['preferred']})" for name, c in comps.items()
         )
-        if favoured:
-            evidence += f"; {' and '.join(favoured)} fit(s) significantly better"
-    return Finding(claim, "supported" if ok and not favoured else ("mixed" if ok else "not supported"), evidence)
+    rejected = power_law.get("rejected_for") or []
+    if rejected:
+        evidence += f"; {' and '.join(rejected)} significantly preferred"
+    ok = r2 >= min_r2
+    return Finding(claim, "supported" if ok and not rejected else ("mixed" if ok else "not supported"), evidence)
 
 
 def ordering_finding(records: list[dict], metric: str = "fvu") -> Finding:

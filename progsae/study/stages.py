@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ class Stage:
     name: str
     sections: tuple[str, ...]
     depends: tuple[str, ...]
-    outputs: tuple[str, ...]  # paths relative to the run folder that must exist when done
+    outputs: Callable[[StudyConfig], tuple[str, ...]]  # paths (relative to the run folder) that must exist when done
     run: Callable[["RunContext"], dict]  # returns extra facts to record (e.g. per-SAE timings)
+    owns: tuple[str, ...] = ()  # paths this stage writes; removed when it starts afresh (not when resuming)
 
 
 @dataclass
@@ -66,8 +68,24 @@ def is_done(stage: Stage, ctx: RunContext) -> bool:
     return (
         m is not None
         and m.get("key") == stage_key(stage, ctx)
-        and all(ctx.path(o).exists() for o in stage.outputs)
+        and all(ctx.path(o).exists() for o in stage.outputs(ctx.cfg))
     )
+
+
+def start(stage: Stage, ctx: RunContext, forced: bool) -> None:
+    """Keep a previous attempt's partial work only if it ran with the same key and was not forced."""
+    key = stage_key(stage, ctx)
+    started = ctx.out / "stages" / f"{stage.name}.started.json"
+    try:
+        resuming = not forced and json.loads(started.read_text()).get("key") == key
+    except (FileNotFoundError, json.JSONDecodeError):
+        resuming = False
+    if not resuming:
+        for rel in stage.owns:
+            p = ctx.path(rel)
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+        marker_path(ctx.out, stage.name).unlink(missing_ok=True)
+    atomic_write_json(started, {"key": key})
 
 
 def run_stages(stages: list[Stage], ctx: RunContext, force: set[str] = frozenset(), log: Callable[[str], None] = print) -> dict[str, dict]:
@@ -83,9 +101,10 @@ def run_stages(stages: list[Stage], ctx: RunContext, force: set[str] = frozenset
             records[stage.name] = read_marker(ctx.out, stage.name)
             continue
         log(f"[{stage.name}] running")
+        start(stage, ctx, forced=stage.name in force)
         t0 = time.perf_counter()
         facts = stage.run(ctx) or {}
-        missing = [o for o in stage.outputs if not ctx.path(o).exists()]
+        missing = [o for o in stage.outputs(ctx.cfg) if not ctx.path(o).exists()]
         if missing:
             raise ProgsaeError(f"stage {stage.name} finished without writing {missing}")
         record = {
