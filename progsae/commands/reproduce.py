@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from progsae.config import load_study_config
     from progsae.errors import ProgsaeError
     from progsae.sae.io import atomic_write_json
-    from progsae.study.pipeline import STAGES
+    from progsae.study.pipeline import STAGES, timings
     from progsae.study.stages import RunContext, run_stages
 
     if args.config and args.preset:
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
-    run_stages(STAGES, RunContext(cfg, out, progress=not args.no_progress), force=set(args.force))
+    ctx = RunContext(cfg, out, progress=not args.no_progress)
+    run_stages(STAGES, ctx, force=set(args.force))
+    atomic_write_json(out / "timings.json", timings(ctx))  # now including the report stage itself
     print(f"report: {out / 'report.md'} and {out / 'report.html'}; results: {out / 'results.json'}")
     return 0
