@@ -21,7 +21,7 @@ class SimilarityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: str = "test"
-    n_tokens: int = 1000
+    tokens: int = 1000  # held-out tokens sampled (seeded)
     seed: int = 0
 
 
@@ -87,7 +87,7 @@ def full_size_of(variants: list[Variant]) -> dict[str, Variant]:
 @torch.no_grad()
 def evaluate_similarity(store, variants: list[Variant], cfg: SimilarityConfig | None = None, progress=None) -> list[SimilarityResult]:
     cfg = cfg or SimilarityConfig()
-    x_ND, _ = sample_rows(store, cfg.n_tokens, cfg.seed, cfg.split)
+    x_ND, _ = sample_rows(store, cfg.tokens, cfg.seed, cfg.split)
     ranks_x = rankdata(cosine_similarity_upper(x_ND))
     recon = {v.name: v.sae(x_ND.to(v.sae.W_enc.dtype)).float() for v in variants}
     full = full_size_of(variants)
