@@ -78,3 +78,16 @@ def test_pearson_edge_cases():
     assert pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert pearson([0, 0, 0], [1, 2, 3]) == 0.0
     assert pearson([1, 2, 3], [1, 1, 1]) is None
+
+
+def test_max_contexts_limits_the_contexts_read(text_store):
+    """With max_contexts, top windows come only from the first contexts of the split."""
+    from progsae.evals.interp.examples import top_contexts
+
+    store, ids = text_store
+    vals, ctx, pos, fired = top_contexts(store, planted_sae(), torch.tensor([0, 9]), 4, max_contexts=50, batch_contexts=7)
+    assert int(ctx.max()) < 50
+    planted_count = int((ids[:50, FP:] == 1).sum())
+    assert int(fired[0]) == planted_count  # latent 0 fires exactly on token 1
+    for c, p in zip(ctx[0].tolist(), pos[0].tolist()):
+        assert int(ids[c, p]) == 1

@@ -88,7 +88,8 @@ def top_contexts(
         for c0 in range(0, c_count, batch_contexts):
             if max_contexts is not None and seen >= max_contexts:
                 break
-            c1 = min(c_count, c0 + batch_contexts, c0 + (max_contexts - seen if max_contexts else c_count))
+            room = c_count if max_contexts is None else max_contexts - seen
+            c1 = min(c_count, c0 + batch_contexts, c0 + room)
             x = as_tensor(acts[c0 * P : c1 * P]).to(sae.W_enc.dtype)
             z_CPM = sae.encode(x)[:, latents].float().view(c1 - c0, P, M)
             fired += (z_CPM > 0).sum((0, 1))
