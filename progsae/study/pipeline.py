@@ -119,15 +119,18 @@ def run_families(ctx: RunContext) -> dict:
 
 # ---- 5. evaluate --------------------------------------------------------------------------------
 def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | None = None):
+    from progsae.evals.interp.score import InterpConfig
+    from progsae.evals.lm_loss import LMLossConfig
     from progsae.evals.runner import EvalRunConfig
+    from progsae.evals.similarity import SimilarityConfig
 
     e = cfg.eval
-    base = EvalRunConfig(metrics=metrics, sizes=sizes, modes=list(e.modes))
-    return base.model_copy(update={
-        "ce": base.ce.model_copy(update={"contexts": e.ce_contexts, "batch_size": e.ce_batch_size}),
-        "rsa": base.rsa.model_copy(update={"tokens": e.rsa_tokens, "seed": e.seed}),
-        "interp": base.interp.model_copy(update={"latents_per_band": e.interp_latents_per_band, "seed": e.seed}),
-    })
+    return EvalRunConfig(
+        metrics=metrics, sizes=sizes, modes=list(e.modes),
+        ce=LMLossConfig(contexts=e.ce_contexts, batch_size=e.ce_batch_size),
+        rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed),
+        interp=InterpConfig(latents_per_band=e.interp_latents_per_band, seed=e.seed),
+    )
 
 
 def run_evaluate(ctx: RunContext) -> dict:
