@@ -5,18 +5,25 @@ timed side by side (interleaved step by step) and medians are reported, so load 
 them alike. Also reports Matryoshka (3 fixed prefixes) time / vanilla TopK time.
 
     .venv/bin/python benchmarks/train_throughput.py --sizes 4096,16384 --steps 5
+
+OMP_WAIT_POLICY defaults to PASSIVE here: on a machine shared with other jobs, spinning OpenMP workers made
+small ops (cat, sort, searchsorted on ~1e5 elements) take 20-200 ms instead of <1 ms. Set it to override.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
+import os
 
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # must precede the first torch import
 
-from progsae.sae import SAEConfig, TopKSAE, TrainContext
-from progsae.sae.sparse_step import dense_reference
+import argparse  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+
+from progsae.sae import SAEConfig  # noqa: E402, TopKSAE, TrainContext
+from progsae.sae.sparse_step import dense_reference  # noqa: E402
 
 
 def make_sae(d: int, n: int, k: int, prefixes: list[int] | None, seed: int) -> TopKSAE:
@@ -74,7 +81,8 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"d {args.d}, k {args.k}, batch {args.batch}, fp32, {torch.get_num_threads()} threads, "
-          f"dead fraction {args.dead_frac}; medians of {args.steps} interleaved steps")
+          f"dead fraction {args.dead_frac}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
+          f"medians of {args.steps} interleaved steps")
     for n in [int(s) for s in args.sizes.split(",")]:
         g = torch.Generator().manual_seed(0)
         dead = torch.rand(n, generator=g) < args.dead_frac if args.dead_frac > 0 else None

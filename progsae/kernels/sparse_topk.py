@@ -4,7 +4,8 @@ A selection is a flat list of E entries (rows_E, cols_E, vals_E): vals_E[e] = Re
 or 0 for an entry that is carried but switched off. The dense encoder matmul is the only O(B*N*D) work;
 gradients of W_enc and W_dec are built as (sparse [B, N])^T @ dense with `embedding_bag`, which on this CPU
 beat index_add_ (~25x) and MKL CSR matmul (~10x) at B 4096, N 16384, D 576, k 32. Entries are ordered
-with a stable sort of int32 keys (torch's radix path; int64 argsort of 131k keys was ~100x slower here).
+with a stable sort of int32 keys (torch's radix path; int64 argsort of 131k keys was ~100x slower here)
+on one thread (torch's 2-thread 1-D sort was ~200x slower than one thread here).
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ def sort_perm(keys_E: Tensor, bound: int) -> Tensor:
     """Stable ascending order of non-negative integer keys < bound (int32 keys take torch's fast radix sort)."""
     if bound < 2**31:
         keys_E = keys_E.to(torch.int32)
-    return torch.sort(keys_E, stable=True).indices
+    if keys_E.device.type != "cpu" or torch.get_num_threads() == 1:
+        return torch.sort(keys_E, stable=True).indices
+    # On CPU torch's multi-threaded 1-D sort took ~200 ms for 131k keys here, one thread ~1 ms.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.sort(keys_E, stable=True).indices
+    finally:
+        torch.set_num_threads(threads)
 
 
 def sparse_t_matmul(rows_E: Tensor, cols_E: Tensor, w_E: Tensor, X_RD: Tensor, n: int) -> Tensor:
