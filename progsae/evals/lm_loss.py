@@ -133,17 +133,24 @@ class SharedPrefixRunner:
 
 
 # ---- losses ------------------------------------------------------------------------------------
-def _scored(logits_BTV: Tensor, ids_BT: Tensor) -> tuple[Tensor, Tensor]:
-    """Log-probs at positions 1..T-2 and their next-token targets (position 0 never scored)."""
-    return logits_BTV[:, 1:-1].float().log_softmax(-1), ids_BT[:, 2:]
-
-
-def ce_sum(logp_BTV: Tensor, targets_BT: Tensor) -> float:
-    return float(-logp_BTV.gather(-1, targets_BT.unsqueeze(-1)).double().sum())
-
-
-def kl_sum(logp_clean: Tensor, p_clean: Tensor, logp: Tensor) -> float:
-    return float((p_clean * (logp_clean - logp)).sum(-1).double().sum())
+# Only positions 1..T-2 are scored (position 0 is never scored; T-1 has no next token). Per scored
+# position a run needs its log-partition lse, its target logit and, for KL, the dot product of the
+# clean distribution with its logits:  CE = lse − logit[target],  KL(p_c ‖ p) = (p_c·x_c − lse_c) − (p_c·x − lse).
+# Working through the logits in small row chunks keeps the temporaries in cache (no full log-softmax).
+def position_stats(logits_BTV: Tensor, ids_BT: Tensor, p_clean_BTV: Tensor | None = None, chunk: int = 32) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(lse, target logit, p_clean·logits or None), each [B, T-2] float64, for positions 1..T-2."""
+    B, T, _ = logits_BTV.shape
+    lse = torch.empty(B, T - 2, dtype=torch.float64)
+    dot = torch.empty(B, T - 2, dtype=torch.float64) if p_clean_BTV is not None else None
+    tgt = logits_BTV[:, 1:-1].gather(-1, ids_BT[:, 2:].unsqueeze(-1)).squeeze(-1).double()
+    for b in range(B):
+        rows = logits_BTV[b, 1:-1]
+        for s in range(0, T - 2, chunk):
+            x = rows[s : s + chunk].float()
+            lse[b, s : s + chunk] = torch.logsumexp(x, -1).double()
+            if dot is not None:
+                dot[b, s : s + chunk] = (p_clean_BTV[b, s : s + chunk] * x).sum(-1).double()
+    return lse, tgt, dot
 
 
 @torch.no_grad()
@@ -167,17 +174,22 @@ def evaluate_lm_loss(
     for ids_BT in batches:
         if ids_BT.shape[1] < 3:
             raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
-        logp_c, targets = _scored(runner.clean(ids_BT), ids_BT)
-        p_c = logp_c.exp()
-        n += targets.numel()
-        ce_clean += ce_sum(logp_c, targets)
-        ce_zero += ce_sum(_scored(runner.variant(ids_BT, constant_splice(zero)), ids_BT)[0], targets)
-        ce_mean += ce_sum(_scored(runner.variant(ids_BT, constant_splice(mean_D)), ids_BT)[0], targets)
+        logits = runner.clean(ids_BT)
+        p_c = logits[:, 1:-1].float().softmax(-1)
+        lse_c, tgt_c, dot_c = position_stats(logits, ids_BT, p_c)
+        del logits
+        neg_entropy = float((dot_c - lse_c).sum())  # Σ p_c log p_c over the scored positions
+        n += lse_c.numel()
+        ce_clean += float((lse_c - tgt_c).sum())
+        lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(zero)), ids_BT)
+        ce_zero += float((lse - tgt).sum())
+        lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(mean_D)), ids_BT)
+        ce_mean += float((lse - tgt).sum())
         for i, splice in enumerate(splices):
-            logp = _scored(runner.variant(ids_BT, splice), ids_BT)[0]
-            ce_v[i] += ce_sum(logp, targets)
-            kl_v[i] += kl_sum(logp_c, p_c, logp)
-            del logp
+            lse, tgt, dot = position_stats(runner.variant(ids_BT, splice), ids_BT, p_c)
+            ce_v[i] += float((lse - tgt).sum())
+            kl_v[i] += neg_entropy - float((dot - lse).sum())
+        del p_c
         if progress is not None:
             progress(ids_BT.numel())
     if n == 0:
