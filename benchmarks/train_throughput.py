@@ -22,7 +22,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from progsae.sae import SAEConfig  # noqa: E402, TopKSAE, TrainContext
+from progsae.sae import SAEConfig, TopKSAE, TrainContext  # noqa: E402
 from progsae.sae.sparse_step import dense_reference  # noqa: E402
 
 
