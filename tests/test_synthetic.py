@@ -34,7 +34,7 @@ def test_planted_frequencies_follow_the_power_law(synth_true_features):
 
 
 def test_token_energy_is_mean_active_times_magnitude_second_moment(synth_store):
-    """E||x||^2 = mean_active * E[a^2] (+ noise^2): each token holds mean_active features, a ~ U(0.5, 1.5)."""
+    """E||x||^2 = mean_active * E[a^2] (+ noise^2): each token holds mean_active features, a ~ U(low, high)."""
     rec = json.loads((synth_store / "meta.json").read_text())["synthetic"]
     x = torch.cat(list(ActivationStore(synth_store).iter_batches("train", 20000)))[:50000]
     lo, hi = rec["magnitude_low"], rec["magnitude_high"]

@@ -40,8 +40,8 @@ class SyntheticSpec:
     seed: int = 0
     freq_exponent: float = 0.5  # beta in p_i ∝ i^-beta; also the exponent of E[f_i^2] vs rank
     mean_active: float = 3.0  # expected number of features firing per token
-    magnitude_low: float = 0.5  # magnitudes ~ Uniform(low, high), the same law for every feature
-    magnitude_high: float = 1.5
+    magnitude_low: float = 1.0  # magnitudes ~ Uniform(low, high), the same law for every feature
+    magnitude_high: float = 2.0
     noise: float = 0.05  # RMS norm of the added Gaussian noise vector
     active_count: str = "fixed"  # "fixed": floor/ceil(mean_active) features per token; "bernoulli": independent
     spread_steps: int = 50  # push planted features apart (see planted_features); 0 = plain random
@@ -139,8 +139,8 @@ def make_synthetic(
     freq_exponent: float = 0.5,
     mean_active: float = 3.0,
     noise: float = 0.05,
-    magnitude_low: float = 0.5,
-    magnitude_high: float = 1.5,
+    magnitude_low: float = 1.0,
+    magnitude_high: float = 2.0,
     active_count: str = "fixed",
     spread_steps: int = 50,
     shard_tokens: int = 65536,
