@@ -105,16 +105,14 @@ class SharedPrefixRunner:
         self.model, self.site, self.shared = model, site, shared_prefix
         self.k = prefix_blocks(site) if shared_prefix else 0
         self._outputs: list = []
-        self.clean_acts: Tensor | None = None
 
     @torch.no_grad()
     def clean(self, ids_BT: Tensor) -> Tensor:
-        """Clean logits; remembers the site activation and the outputs of the prefix blocks."""
+        """Clean logits; remembers the outputs of the prefix blocks for the variants that follow."""
         self._outputs = [None] * self.k
         handles = [
             self.site.blocks[j].register_forward_hook(lambda m, a, out, j=j: self._outputs.__setitem__(j, out)) for j in range(self.k)
         ]
-        handles.append(self.site.add_hook(lambda a: setattr(self, "clean_acts", a.detach())))
         try:
             return _logits(self.model, ids_BT)
         finally:
