@@ -59,6 +59,18 @@ def test_matryoshka_prefix_beats_vanilla_prefix(trained_topk, trained_matryoshka
         assert f_mat < f_van
 
 
+def test_importance_of_recovered_latents_follows_the_planted_power_law(trained_topk, synth_test_acts, synth_store):
+    """Magnitudes do not depend on rank, so sorted E[f^2] ~ rank^-beta with the planted beta (within 25%)."""
+    planted = json.loads((synth_store / "meta.json").read_text())["synthetic"]["importance_exponent"]
+    with torch.no_grad():
+        imp = load_sae(trained_topk).encode(synth_test_acts).pow(2).mean(0).sort(descending=True).values
+    imp = imp[imp > 0].double()
+    ranks = torch.arange(1, imp.numel() + 1, dtype=torch.float64)
+    slope = torch.linalg.lstsq(torch.stack([ranks.log(), torch.ones_like(ranks)], 1), imp.log()[:, None]).solution[0, 0]
+    print(f"planted exponent {planted}, fitted {-float(slope):.3f}")
+    assert abs(-float(slope) / planted - 1) <= 0.25
+
+
 def test_saved_folder_has_provenance_and_metrics(trained_topk):
     sae = load_sae(trained_topk)
     prov = sae.cfg.provenance
@@ -161,6 +173,11 @@ def test_resume_refuses_a_different_config_or_store(tmp_path, synth_store):
         train_sae(synth_store, out, small_cfg(steps=10), progress=False)
     with pytest.raises(ProgsaeError, match=r"different configuration \(lr: 0.003 -> 0.001\)"):
         train_sae(synth_store, out, small_cfg(steps=10, lr=1e-3), resume=True, progress=False)
+    (out / "checkpoint" / "checkpoint.safetensors").unlink()
+    with pytest.raises(ProgsaeError, match="no checkpoint/ to resume from"):
+        train_sae(synth_store, out, small_cfg(steps=10), resume=True, progress=False)
+    train_sae(synth_store, tmp_path / "run2", small_cfg(steps=10), progress=False)
+    out = tmp_path / "run2"
     other = make_synth_store(tmp_path / "d32", d_model=32, n_features=64, tokens=3000, test_tokens=0)
     with pytest.raises(ProgsaeError, match="d_model=32 but the checkpoint was trained on d_model=64"):
         train_sae(other, out, small_cfg(steps=10), resume=True, progress=False)

@@ -136,6 +136,8 @@ class Trainer:
         ckpt_exists = checkpoint_path(self.out_dir).exists()
         if not resume and (ckpt_exists or (self.out_dir / CFG_FILE).exists()):
             raise ProgsaeError(f"{self.out_dir} already holds a training run; pass --resume to continue it or choose a new --out")
+        if resume and not ckpt_exists and (self.out_dir / CFG_FILE).exists():
+            raise ProgsaeError(f"{self.out_dir} holds an SAE but no checkpoint/ to resume from; choose a new --out")
         if resume and ckpt_exists:
             self._restore(load_checkpoint(self.out_dir))
         else:
