@@ -10,6 +10,8 @@ from progsae import ProgsaeError
 from progsae.data.store import ActivationStore
 from progsae.data.synthetic import load_true_features, make_synthetic
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small torch ops: a 2nd thread only spins on a busy machine
+
 
 def test_store_layout_and_planted_record(synth_store, synth_true_features):
     store = ActivationStore(synth_store)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.synthetic import MATRYOSHKA_PREFIXES, SYNTH_MEAN_ACTIVE, make_synth_store, train_config
+from fixtures.synthetic import MATRYOSHKA_PREFIXES, SYNTH_MEAN_ACTIVE, make_synth_store, single_thread, train_config
 
 from progsae import ProgsaeError, load_sae
 from progsae.cli import main as cli_main
@@ -18,6 +18,8 @@ from progsae.data.synthetic import feature_recovery
 from progsae.train import TrainConfig, train_sae
 from progsae.train.metrics import read_metrics
 from progsae.train.trainer import Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small torch ops: a 2nd thread only spins on a busy machine
 
 
 def fvu(sae, x_BD: torch.Tensor, keep: int | None = None) -> float:
@@ -114,7 +116,8 @@ def _max_diff(a, b) -> float:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, synth_store):
     out = tmp_path_factory.mktemp("resume") / "full"
-    return train_sae(synth_store, out, small_cfg(matryoshka_random=3), progress=False), out
+    with single_thread():  # the same thread count as the interrupted runs (one_thread), so results match bit for bit
+        return train_sae(synth_store, out, small_cfg(matryoshka_random=3), progress=False), out
 
 
 def test_ctrl_c_then_resume_equals_uninterrupted(tmp_path, synth_store, uninterrupted):
