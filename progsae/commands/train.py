@@ -5,12 +5,15 @@ prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each
 Length: --steps S or --tokens T. The output folder holds cfg.json + sae.safetensors (load with
 progsae.load_sae), metrics.jsonl and checkpoint/; after Ctrl-C or a crash, re-run with --resume.
 
-Example: progsae train --acts runs/synth --arch topk --latents 512 --k 5 --tokens 2000000 --out runs/sae
+Example (the recipe that recovers `progsae synth` features):
+  progsae train --acts runs/synth --arch topk --latents 512 --k 3 --steps 500 --batch-size 2048 \
+      --lr 0.02 --aux-coef 0.25 --dead-window 20000 --out runs/sae
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
@@ -47,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4 / sqrt(n / 2^14))")
     p.add_argument("--warmup-steps", type=int, default=None, help="lr warm-up steps (default 5%% of steps, at most 1000)")
     p.add_argument("--l1-coef", type=float, default=None, help="relu only: L1 coefficient (default 1)")
-    p.add_argument("--dead-window", type=int, default=None, help="tokens without firing that make a latent dead")
+    p.add_argument("--dead-window", type=int, default=None, help="tokens without firing that make a latent dead (default min(10M, tokens/10))")
+    p.add_argument("--aux-coef", type=float, default=d.aux_coef, help="AuxK loss coefficient (default 1/32)")
+    p.add_argument("--k-aux", type=int, default=None, help="dead latents used by AuxK (default d_model/2)")
     p.add_argument("--no-normalize", action="store_true", help="train on raw activations (no scalar normalisation)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})")
@@ -74,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps,
         l1_coef=args.l1_coef,
         dead_window=args.dead_window,
+        aux_coef=args.aux_coef,
+        k_aux=args.k_aux,
         normalize_input=not args.no_normalize,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
@@ -86,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
-    sae = train_sae(args.acts, args.out, config_from_args(args), resume=args.resume, progress=not args.quiet)
+    try:
+        sae = train_sae(args.acts, args.out, config_from_args(args), resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
+        return 130
     last = read_metrics(args.out)[-1]
     print(
         f"wrote {args.out}: {sae.cfg.architecture} n={sae.n_latents} k={sae.cfg.k}, {last['tokens']} tokens, "

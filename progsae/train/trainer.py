@@ -177,7 +177,7 @@ class Trainer:
                 "total_steps": self.total_steps,
                 "d_in": self.store.d_model,
                 "train_tokens": self.store.num_tokens("train"),
-                "store": str(self.store.path),
+                "store": str(self.store.path.resolve()),
                 "train_config": self.cfg.to_dict(),
                 "sae_config": self.sae.cfg.to_dict(),
             }
@@ -288,7 +288,7 @@ class Trainer:
             "tokens": self.state.tokens,
             "wall_time_s": round(self.state.wall_time_s, 3),
             "input_scale": self.state.input_scale,
-            "store": str(self.store.path),
+            "store": str(self.store.path.resolve()),
         }
         if self.sync.is_main:
             final.save(self.out_dir)
