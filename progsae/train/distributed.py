@@ -134,10 +134,15 @@ def data_parallel(store: ActivationStore, cfg: TrainConfig) -> tuple[ActivationS
     return RankSliceStore(store, rank, world), cfg, DistributedSync()
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a data-parallel job, or the only process: the one that prints summaries."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
 def shutdown() -> None:
     """Leave the process group (end of a torchrun job)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 
-__all__ = ["DistributedSync", "RankSliceStore", "data_parallel", "launched_distributed", "init_process_group", "shutdown"]
+__all__ = ["DistributedSync", "RankSliceStore", "data_parallel", "launched_distributed", "init_process_group", "is_main_process", "shutdown"]
