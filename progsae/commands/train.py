@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
         return 130
+    from progsae.train.distributed import is_main_process
+
+    if not is_main_process():  # under torchrun only rank 0 reports
+        return 0
     last = read_metrics(args.out)[-1]
     print(
         f"wrote {args.out}: {sae.cfg.architecture} n={sae.n_latents} k={sae.cfg.k}, {last['tokens']} tokens, "
