@@ -38,7 +38,9 @@ class TrainStudyConfig:
     granularities: list[int] = field(default_factory=lambda: [4096, 8192, 16384])  # the last is n
     batch_size: int = 4096
     epochs: float = 1.0
-    lr: float | None = None
+    lr: float | None = None  # None: the trainer's default 2e-4/sqrt(n/2^14), tuned for long runs
+    aux_coef: float = 1 / 32  # short runs need more AuxK pull to revive dead latents (e.g. 0.25)
+    dead_window: int | None = None  # tokens without firing before a latent counts as dead; None: trainer default
     seed: int = 0
     size_matched_baselines: bool = True
 

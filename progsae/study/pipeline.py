@@ -63,7 +63,7 @@ def run_train(ctx: RunContext) -> dict:
             sae = load_sae(folder)
         else:
             cfg = TrainConfig(arch=t.arch, k=t.k, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
-                              device=ctx.cfg.device, **spec)
+                              aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device, **spec)
             sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress)
         seconds[name] = sae.cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds}
