@@ -49,6 +49,7 @@ class TrainStudyConfig:
 class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["recon", "ce", "rsa", "interp"])
     modes: list[str] = field(default_factory=lambda: ["mask", "retopk"])
+    recon_tokens: int | None = None  # held-out tokens for reconstruction metrics; None: the whole test split
     ce_contexts: int = 32
     ce_batch_size: int = 8
     rsa_tokens: int = 2000

@@ -121,12 +121,14 @@ def run_families(ctx: RunContext) -> dict:
 def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | None = None):
     from progsae.evals.interp.score import InterpConfig
     from progsae.evals.lm_loss import LMLossConfig
+    from progsae.evals.reconstruction import ReconstructionConfig
     from progsae.evals.runner import EvalRunConfig
     from progsae.evals.similarity import SimilarityConfig
 
     e = cfg.eval
     return EvalRunConfig(
         metrics=metrics, sizes=sizes, modes=list(e.modes),
+        recon=ReconstructionConfig(max_tokens=e.recon_tokens),
         ce=LMLossConfig(contexts=e.ce_contexts, batch_size=e.ce_batch_size),
         rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed),
         interp=InterpConfig(latents_per_band=e.interp_latents_per_band, seed=e.seed),
