@@ -54,3 +54,16 @@ def test_all_findings_and_report_files(tmp_path):
     page = html_path.read_text()
     assert base64.b64encode(fig.read_bytes()).decode()[:200] in page
     assert "<table>" in page and "src=\"figures/" not in page
+
+
+def test_bands_without_scored_latents_are_named_not_plotted(tmp_path):
+    from progsae.report.findings import interpretability_finding
+
+    empty = {"mean": None, "lo": None, "hi": None, "latents": 0}
+    bands = {"pruned-ef2": {"0-64": {"mean": 0.7, "lo": 0.6, "hi": 0.8}, "64-128": empty},
+             "matryoshka": {"0-64": {"mean": 0.6, "lo": 0.5, "hi": 0.7}, "64-128": {"mean": 0.3, "lo": 0.1, "hi": 0.5}}}
+    f = interpretability_finding(bands)
+    assert f.verdict == "supported" and "pruned-ef2 64-128" in f.evidence
+    assert plot_interp_bands(bands, tmp_path / "b.png").stat().st_size > 5000
+    bands["matryoshka"]["64-128"] = empty
+    assert interpretability_finding(bands).verdict == "not measured"

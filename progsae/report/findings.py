@@ -96,19 +96,28 @@ def matryoshka_finding(records: list[dict]) -> Finding:
 
 
 def interpretability_finding(bands: dict[str, dict[str, dict]] | None) -> Finding:
-    """Pruned vanilla latents score higher than Matryoshka's, and Matryoshka's outer band scores lowest."""
+    """Pruned vanilla latents score higher than Matryoshka's, and Matryoshka's outer band scores lowest.
+
+    Bands where no sampled latent fired on the held-out data have no score; they are named and skipped.
+    """
     claim = "Pruned vanilla SAEs are more interpretable; Matryoshka latents score lower, most of all in outer groups"
     if not bands or "matryoshka" not in bands or "pruned-ef2" not in bands:
         return Finding(claim, "not measured", "interpretability was not evaluated")
-    names = list(bands["matryoshka"])
-    mean = lambda d: sum(v["mean"] for v in d.values()) / max(1, len(d))  # noqa: E731
-    van, mat = mean(bands["pruned-ef2"]), mean(bands["matryoshka"])
-    inner, outer = bands["matryoshka"][names[0]]["mean"], bands["matryoshka"][names[-1]]["mean"]
+    scored = {m: {b: r["mean"] for b, r in bands[m].items() if r.get("mean") is not None} for m in ("pruned-ef2", "matryoshka")}
+    empty = [f"{m} {b}" for m in scored for b in bands[m] if b not in scored[m]]
+    if not scored["pruned-ef2"] or len(scored["matryoshka"]) < 2:
+        return Finding(claim, "not measured", "too few bands with scored latents" + (f" (none in {', '.join(empty)})" if empty else ""))
+    van = sum(scored["pruned-ef2"].values()) / len(scored["pruned-ef2"])
+    mat = sum(scored["matryoshka"].values()) / len(scored["matryoshka"])
+    names = list(scored["matryoshka"])
+    inner, outer = scored["matryoshka"][names[0]], scored["matryoshka"][names[-1]]
     checks = [van > mat, outer < inner]
     evidence = (
-        f"mean Pearson pruned-ef2 {van:.3f} vs Matryoshka {mat:.3f}; Matryoshka inner band ({names[0]}) {inner:.3f} vs "
-        f"outer band ({names[-1]}) {outer:.3f}"
+        f"mean Pearson over scored bands: pruned-ef2 {van:.3f} vs Matryoshka {mat:.3f}; Matryoshka inner band ({names[0]}) "
+        f"{inner:.3f} vs outer band ({names[-1]}) {outer:.3f}"
     )
+    if empty:
+        evidence += f"; no sampled latent fired on the held-out data in {', '.join(empty)}"
     return Finding(claim, _verdict(sum(checks), len(checks)), evidence)
 
 

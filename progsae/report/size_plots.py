@@ -64,11 +64,14 @@ def plot_interp_bands(bands: dict[str, dict[str, dict]], path: Path) -> Path | N
     fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(band_names), 4))
     for i, method in enumerate(methods):
         color = METHOD_STYLE.get(method, ("tab:orange",))[0]
-        xs = [j + (i - (len(methods) - 1) / 2) * width for j in range(len(band_names))]
-        vals = [bands[method][b]["mean"] for b in band_names]
-        lo = [bands[method][b]["mean"] - bands[method][b]["lo"] for b in band_names]
-        hi = [bands[method][b]["hi"] - bands[method][b]["mean"] for b in band_names]
-        ax.bar(xs, vals, width, yerr=[lo, hi], color=color, label=method, capsize=3)
+        for j, b in enumerate(band_names):
+            x = j + (i - (len(methods) - 1) / 2) * width
+            r = bands[method].get(b, {})
+            if r.get("mean") is None:  # no latent of this band fired on the held-out data: nothing to score
+                ax.text(x, 0.02, "n/a", ha="center", fontsize=7, rotation=90)
+                continue
+            err = [[r["mean"] - r["lo"]], [r["hi"] - r["mean"]]] if r.get("lo") is not None else None
+            ax.bar(x, r["mean"], width, yerr=err, color=color, capsize=3, label=method if j == 0 else None)
     ax.set_xticks(range(len(band_names)), band_names)
     ax.set_xlabel("importance band (latent ranks)")
     ax.set_ylabel("explain-then-simulate Pearson r")
