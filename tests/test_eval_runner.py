@@ -93,3 +93,22 @@ def test_cli_errors_are_one_line(setup, capsys, tmp_path):
     assert "outside 1..64" in capsys.readouterr().err
     assert main(["eval", str(saes["vanilla"]), "--acts", str(store_path), "--metrics", "recon,bogus", "--out", str(tmp_path / "r.json")]) == 2
     assert "unknown metrics" in capsys.readouterr().err
+
+
+def test_sae_from_another_hook_is_refused(tmp_path):
+    from progsae.data.store import StoreWriter, ActivationStore
+    from progsae.errors import ProgsaeError
+    from progsae.evals.runner import EvalRunConfig, run_evals
+    from progsae.progressive import importance
+
+    w = StoreWriter(tmp_path / "acts", {"d_model": 8, "model": "m", "hook": "resid_post.3", "context_length": None}, "test")
+    w.add(torch.randn(64, 8))
+    w.close()
+    sae = TopKSAE(SAEConfig(architecture="topk", d_in=8, n_latents=16, k=2, model="m", hook="resid_post.14"))
+    store = ActivationStore(tmp_path / "acts")
+    with pytest.raises(ProgsaeError, match="trained on hook 'resid_post.14' but the store .* holds 'resid_post.3'"):
+        run_evals(store, {"s": sae}, EvalRunConfig(metrics=["recon"]), progress=False)
+    with pytest.raises(ProgsaeError, match="trained on hook"):
+        importance(sae, tmp_path / "acts")
+    sae.cfg.hook = "resid_post.3"
+    assert run_evals(store, {"s": sae}, EvalRunConfig(metrics=["recon"]), progress=False).records

@@ -89,6 +89,17 @@ class ActivationStore:
             raise ProgsaeError(f"{meta_path}: not a progsae activation store")
         self.d_model: int = int(self.meta["d_model"])
 
+    def check_sae(self, sae, name: str = "SAE") -> None:
+        """Refuse an SAE made for other activations: a different width or hook site.
+
+        Model names are not compared: libraries spell the same model differently (gemma-2-2b, google/gemma-2-2b).
+        """
+        if sae.cfg.d_in != self.d_model:
+            raise ProgsaeError(f"{name}: SAE d_in={sae.cfg.d_in} but the store {self.path} has d_model={self.d_model}")
+        mine, theirs = getattr(sae.cfg, "hook", None), self.meta.get("hook")
+        if mine and theirs and mine != theirs:
+            raise ProgsaeError(f"{name}: SAE was trained on hook '{mine}' but the store {self.path} holds '{theirs}'")
+
     def shards(self, split: str) -> list[ShardInfo]:
         if split not in self.meta["splits"]:
             raise ProgsaeError(f"{self.path}: store has no '{split}' split (has {sorted(self.meta['splits'])})")

@@ -141,8 +141,7 @@ def run_evals(
     if not saes:
         raise ProgsaeError("no SAEs to evaluate")
     for name, sae in saes.items():
-        if sae.d_in != store.d_model:
-            raise ProgsaeError(f"{name}: SAE d_in={sae.d_in} but the store has d_model={store.d_model}")
+        store.check_sae(sae, name)
     out_path = Path(out_path) if out_path else None
     variants = build_variants(saes, cfg.sizes, cfg.modes)
     model_name = cfg.model or store.meta.get("model")

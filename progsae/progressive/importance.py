@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 
 IMPORTANCE_FORMAT = "progsae-importance"
@@ -221,6 +222,10 @@ def importance(
     [T, d_in] tensor. Works for any SAE with the contract (encode, W_dec, cfg), Matryoshka included.
     """
     d, n = sae.W_dec.shape[1], sae.W_dec.shape[0]
+    if isinstance(acts, (str, Path, ActivationStore)):
+        acts = acts if isinstance(acts, ActivationStore) else ActivationStore(acts)
+        if hasattr(sae, "cfg"):
+            acts.check_sae(sae)
     rows = rows_per_batch(d, n, max_memory_bytes, batch_size)
     chunks, total, source = iter_activation_rows(acts, split, rows)
     if total == 0:
