@@ -8,4 +8,4 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-pytest_plugins = ["fixtures.synthetic", "fixtures.models"]
+pytest_plugins = ["fixtures.models", "fixtures.synthetic"]  # synthetic imports models

@@ -11,13 +11,7 @@ from progsae.evals.lm_loss import evaluate_lm_loss
 from progsae.sae import ReLUSAE, SAEConfig, TopKSAE
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread avoids OpenMP spin-waits that cost 10-40x on a shared 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny matmuls: a 2nd thread only spin-waits
 
 
 @pytest.fixture(scope="module")

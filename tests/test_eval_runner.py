@@ -16,12 +16,7 @@ from progsae.progressive.prune import sort_sae
 from progsae.sae import SAEConfig, TopKSAE, load_sae
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_module")  # tiny matmuls: a 2nd thread only spin-waits
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures.synthetic import MATRYOSHKA_PREFIXES, SYNTH_MEAN_ACTIVE, make_synth_store, single_thread, train_config
+from fixtures.models import torch_threads
+from fixtures.synthetic import MATRYOSHKA_PREFIXES, SYNTH_MEAN_ACTIVE, make_synth_store, train_config
 
 from progsae import ProgsaeError, load_sae
 from progsae.cli import main as cli_main
@@ -116,7 +117,7 @@ def _max_diff(a, b) -> float:
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, synth_store):
     out = tmp_path_factory.mktemp("resume") / "full"
-    with single_thread():  # the same thread count as the interrupted runs (one_thread), so results match bit for bit
+    with torch_threads(1):  # the same thread count as the interrupted runs (one_thread), so results match bit for bit
         return train_sae(synth_store, out, small_cfg(matryoshka_random=3), progress=False), out
 
 

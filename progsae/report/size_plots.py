@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from progsae.report.figures import save_png
 
 METHOD_STYLE = {
     "matryoshka": ("tab:red", "o", "-"),
@@ -34,7 +33,8 @@ def plot_metric_vs_size(records: list[dict], metric: str, path: Path, title: str
     if not rows:
         return None
     modes = sorted({r["mode"] for r in rows if r["mode"] != "full"}) or ["full"]
-    fig, axes = plt.subplots(1, len(modes), figsize=(5.2 * len(modes), 4), squeeze=False, sharey=True)
+    fig = Figure(figsize=(5.2 * len(modes), 4))
+    axes = fig.subplots(1, len(modes), squeeze=False, sharey=True)
     for ax, mode in zip(axes[0], modes):
         for method, (color, marker, ls) in METHOD_STYLE.items():
             pts = sorted((r["size"], r[metric]) for r in rows if r["method"] == method and r["mode"] in (mode, "full"))
@@ -48,10 +48,7 @@ def plot_metric_vs_size(records: list[dict], metric: str, path: Path, title: str
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title or METRIC_LABEL.get(metric, metric))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
 
 
 def plot_interp_bands(bands: dict[str, dict[str, dict]], path: Path) -> Path | None:
@@ -61,7 +58,8 @@ def plot_interp_bands(bands: dict[str, dict[str, dict]], path: Path) -> Path | N
     methods = list(bands)
     band_names = list(next(iter(bands.values())))
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.8 * len(band_names), 4))
+    fig = Figure(figsize=(1.6 + 1.8 * len(band_names), 4))
+    ax = fig.subplots()
     for i, method in enumerate(methods):
         color = METHOD_STYLE.get(method, ("tab:orange",))[0]
         for j, b in enumerate(band_names):
@@ -79,7 +77,4 @@ def plot_interp_bands(bands: dict[str, dict[str, dict]], path: Path) -> Path | N
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=110)
