@@ -21,6 +21,7 @@ from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 from progsae.sae import SAE, SAEConfig, TrainContext, sae_class
 from progsae.sae.io import CFG_FILE
+from progsae.train.allocator import keep_freed_blocks
 from progsae.train.checkpoint import (
     CHECKPOINT_DIR,
     Checkpoint,
@@ -124,6 +125,8 @@ class Trainer:
             raise ProgsaeError(f"store {store.path} has {store.num_tokens('train')} training tokens, fewer than one batch of {self.cfg.batch_size}")
 
         self.device = torch.device(self.cfg.device)
+        if self.device.type == "cpu":
+            keep_freed_blocks()
         self.sae_cfg = sae_config_for(self.cfg, store)
         self.sae: SAE = sae_class(self.cfg.arch)(self.sae_cfg, device=self.device)
         self.opt = torch.optim.Adam(
