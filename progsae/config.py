@@ -10,23 +10,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from progsae.data.collect import CollectConfig
 from progsae.errors import ProgsaeError
 
 PRESETS = ("embedded", "quick", "paper")
-
-
-@dataclass
-class DataConfig:
-    """Where activations come from: a language model, a hook site on it, and a text corpus."""
-
-    model: str = "smollm2"
-    hook: str = "resid_post.14"
-    corpus: str = "embedded"
-    context_length: int = 128
-    train_tokens: int = 300_000
-    test_tokens: int = 20_000
-    storage_dtype: str = "float32"
-    collect_batch_size: int = 16
 
 
 @dataclass
@@ -54,7 +41,9 @@ class EvalConfig:
     ce_batch_size: int = 8
     rsa_tokens: int = 2000
     interp_latents_per_band: int = 16
-    interp_explainer: str = "deterministic"
+    interp_explainer: str = "deterministic"  # or "llm": a local HF chat model, or the endpoint below
+    interp_llm_url: str | None = None  # an OpenAI-compatible endpoint for the "llm" explainer
+    interp_llm_model: str | None = None  # the model it serves (or a local model id/folder; default smollm2)
     seed: int = 0
 
 
@@ -64,7 +53,7 @@ class StudyConfig:
 
     name: str = "embedded"
     device: str = "cpu"
-    data: DataConfig = field(default_factory=DataConfig)
+    data: CollectConfig = field(default_factory=CollectConfig)  # what `progsae collect` takes, minus the device
     train: TrainStudyConfig = field(default_factory=TrainStudyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -73,7 +62,9 @@ class StudyConfig:
         return self.train.granularities[-1]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        del d["data"]["device"]  # the top-level device is the one that applies
+        return d
 
     def section_hash(self, *sections: str) -> str:
         """A short digest of the named config sections: a stage re-runs when its inputs change."""
@@ -93,7 +84,9 @@ class StudyConfig:
             return kind(**values)
 
         d = dict(d)
-        parts = {"data": DataConfig, "train": TrainStudyConfig, "eval": EvalConfig}
+        if "device" in d.get("data", {}):
+            raise ProgsaeError(f"{source}: set 'device' at the top level, where it applies to every stage, not in 'data'")
+        parts = {"data": CollectConfig, "train": TrainStudyConfig, "eval": EvalConfig}
         for key, kind in parts.items():
             d[key] = build(kind, d.get(key, {}), key)
         cfg = build(cls, d, "top level")
@@ -101,11 +94,24 @@ class StudyConfig:
         return cfg
 
     def validate(self, source: str = "config") -> None:
+        try:
+            self.data.validate()
+        except ProgsaeError as e:
+            raise ProgsaeError(f"{source}: data: {e}") from None
         g = self.train.granularities
         if not g or any(b <= a for a, b in zip(g, g[1:])):
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
         if self.train.k > g[0]:
             raise ProgsaeError(f"{source}: train.k={self.train.k} exceeds the smallest granularity {g[0]}")
+        from progsae.evals.runner import METRICS
+
+        e = self.eval
+        for name, values, known in (("eval.metrics", e.metrics, METRICS),
+                                    ("eval.modes", e.modes, ("mask", "retopk")),
+                                    ("eval.interp_explainer", [e.interp_explainer], ("deterministic", "llm"))):
+            unknown = [v for v in values if v not in known]
+            if unknown:
+                raise ProgsaeError(f"{source}: unknown {name} {unknown} (known: {', '.join(known)})")
 
 
 def preset_path(name: str) -> Path:

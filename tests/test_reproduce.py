@@ -1,5 +1,5 @@
-"""`progsae reproduce --preset quick` end to end: interrupted mid-study, resumed without redoing finished stages,
-and every promised file written with the documented schema."""
+"""`progsae reproduce --preset quick` end to end: interrupted inside the evaluate stage, resumed without redoing
+finished stages or finished metrics, and every promised file written with the documented schema."""
 
 import json
 
@@ -16,30 +16,34 @@ METHODS = {"vanilla", "matryoshka", "pruned-ef2", "pruned-freq", "pruned-unsorte
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("quick")
-    real_evaluate = pipeline.run_evaluate
-    calls = {"collect": 0}
-    real_collect = pipeline.run_collect
-
-    def interrupted_evaluate(ctx):
-        raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the evaluation stage
+    calls = {"collect": 0, "metrics": []}
+    real_collect, real_metric = pipeline.run_collect, pipeline.evaluate_metric
 
     def counting_collect(ctx):
         calls["collect"] += 1
         return real_collect(ctx)
 
+    def interrupted_metric(ctx, metric, *args):
+        if calls["metrics"]:  # as if the user pressed Ctrl-C once the first metric was written
+            raise KeyboardInterrupt
+        calls["metrics"].append(metric)
+        return real_metric(ctx, metric, *args)
+
     stages = {s.name: s for s in pipeline.STAGES}
     stages["collect"].run = counting_collect
-    stages["evaluate"].run = interrupted_evaluate
+    pipeline.evaluate_metric = interrupted_metric
     try:
         assert main(["reproduce", "--preset", "quick", "--out", str(out), "--no-progress"]) == 130
         before = {name: json.loads((out / "stages" / f"{name}.json").read_text()) for name in ("collect", "train", "importance", "families")}
         assert not (out / "stages" / "evaluate.json").exists()
-        stages["evaluate"].run = real_evaluate
+        first = out / "evals" / f"{calls['metrics'][0]}.json"
+        written = (first.read_bytes(), first.stat().st_mtime_ns)
+        pipeline.evaluate_metric = real_metric
         assert main(["reproduce", "--preset", "quick", "--out", str(out), "--no-progress"]) == 0
     finally:
         stages["collect"].run = real_collect
-        stages["evaluate"].run = real_evaluate
-    return out, before, calls
+        pipeline.evaluate_metric = real_metric
+    return out, before, calls | {"first_metric": (first, written)}
 
 
 def test_resume_skips_finished_stages(quick_run):
@@ -47,6 +51,14 @@ def test_resume_skips_finished_stages(quick_run):
     assert calls["collect"] == 1
     for name, marker in before.items():
         assert json.loads((out / "stages" / f"{name}.json").read_text())["finished"] == marker["finished"]
+
+
+def test_resume_keeps_the_metric_finished_before_the_interruption(quick_run):
+    out, _, calls = quick_run
+    first, (content, mtime) = calls["first_metric"]
+    assert first.read_bytes() == content and first.stat().st_mtime_ns == mtime
+    for metric in ("recon", "ce", "rsa", "interp"):
+        assert (out / "evals" / f"{metric}.json").stat().st_size > 0, metric
 
 
 def test_quick_preset_writes_every_file_with_the_schema(quick_run):

@@ -83,6 +83,6 @@ def test_partial_work_is_kept_on_resume_and_cleared_on_change_or_force(tmp_path)
     assert seen == [False, True]  # the resumed attempt found item1
     run_stages(stage, ctx, force={"a"}, log=lambda m: None)
     assert seen[-1] is False  # forced: started afresh
-    cfg.data.train_tokens += 1
+    cfg.data.tokens += 1
     run_stages(stage, ctx, log=lambda m: None)
     assert seen[-1] is False and len(seen) == 4  # config changed: stale items removed

@@ -42,7 +42,7 @@ def write_study_report(ctx) -> None:
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages"].items() if v is not None)
     summary = [
         f"Model `{cfg.data.model}`, hook `{cfg.data.hook}`, corpus `{cfg.data.corpus}`: "
-        f"{cfg.data.train_tokens:,} training and {cfg.data.test_tokens:,} held-out tokens (context {cfg.data.context_length}).",
+        f"{cfg.data.tokens:,} training and {cfg.data.test_tokens:,} held-out tokens (context {cfg.data.context_length}).",
         f"{cfg.train.arch} SAEs with k = {cfg.train.k}, n = {n}, granularities G ∈ {cfg.train.granularities}, "
         f"{cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}, seed {cfg.train.seed}; pruning modes {cfg.eval.modes}.",
         f"Wall-clock per finished stage: {stage_line}." if stage_line else "",

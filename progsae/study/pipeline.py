@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from progsae.config import StudyConfig
 from progsae.sae.io import atomic_write_json, load_sae
 from progsae.study.stages import RunContext, Stage, read_marker
+
+if TYPE_CHECKING:
+    from progsae.evals.runner import EvalResults
 
 PRUNE_ORDERS = ("ef2", "freq", "unsorted", "random")
 
@@ -36,15 +41,11 @@ def sae_specs(cfg: StudyConfig) -> dict[str, dict]:
 
 # ---- 1. collect ---------------------------------------------------------------------------------
 def run_collect(ctx: RunContext) -> dict:
-    from progsae.data.collect import CollectConfig, collect
+    from dataclasses import replace
 
-    d = ctx.cfg.data
-    cc = CollectConfig(
-        model=d.model, hook=d.hook, corpus=d.corpus, tokens=d.train_tokens, test_tokens=d.test_tokens,
-        context_length=d.context_length, batch_size=d.collect_batch_size, storage_dtype=d.storage_dtype,
-        seed=ctx.cfg.train.seed, device=ctx.cfg.device,
-    )
-    collect(cc, store_path(ctx), progress=ctx.progress)
+    from progsae.data.collect import collect
+
+    collect(replace(ctx.cfg.data, device=ctx.cfg.device), store_path(ctx), progress=ctx.progress)
     return {}
 
 
@@ -128,6 +129,7 @@ def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | Non
     e = cfg.eval
     return EvalRunConfig(
         metrics=metrics, sizes=sizes, modes=list(e.modes),
+        explainer=e.interp_explainer, llm_url=e.interp_llm_url, llm_model=e.interp_llm_model,
         recon=ReconstructionConfig(max_tokens=e.recon_tokens),
         ce=LMLossConfig(contexts=e.ce_contexts, batch_size=e.ce_batch_size),
         rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed),
@@ -135,32 +137,65 @@ def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | Non
     )
 
 
-def run_evaluate(ctx: RunContext) -> dict:
+def evaluate_metric(
+    ctx: RunContext, metric: str, saes: Callable[[], dict], sizes: list[int] | None, model: Callable[[], tuple] | None
+) -> EvalResults:
+    """One metric over the SAEs `saes()` loads, written to evals/<metric>.json; a file left by an interrupted
+    attempt is reused, so nothing is loaded or evaluated again."""
+    from pydantic import ValidationError
+
     from progsae.data.store import ActivationStore
-    from progsae.evals.runner import run_evals
+    from progsae.evals.runner import EvalResults, run_evals  # noqa: F811
 
+    path = ctx.path("evals", f"{metric}.json")
+    if path.exists():
+        try:
+            return EvalResults.model_validate_json(path.read_text())
+        except (ValidationError, ValueError):
+            path.unlink()  # torn or foreign: evaluate again
+    return run_evals(ActivationStore(store_path(ctx)), saes(), eval_run_config(ctx.cfg, [metric], sizes), out_path=path,
+                     progress=ctx.progress, model_and_tokenizer=model() if model else None)
+
+
+def run_evaluate(ctx: RunContext) -> dict:
+    """Each metric over every family member, then interpretability by band over the two full-size parents.
+
+    Metrics are written one file each as they finish (evals/<metric>.json), so an interrupted stage
+    resumes at the first unfinished metric.
+    """
     cfg = ctx.cfg
-    store = ActivationStore(store_path(ctx))
     members = json.loads(ctx.path("families", "families.json").read_text())
-    metrics = [m for m in cfg.eval.metrics if m != "interp"]
-    model = None
-    if "ce" in metrics:
-        from progsae.data.models import load_model
-
-        model = load_model(cfg.data.model, device=cfg.device)
     folders = sorted({m["folder"] for m in members})
-    res = run_evals(store, {f: load_sae(ctx.path(f)) for f in folders}, eval_run_config(cfg, metrics),
-                    out_path=ctx.path("evals", "metrics.json"), progress=ctx.progress, model_and_tokenizer=model)
-    by_folder = {r["method"]: r for r in res.records}  # the runner's "method" is the dict key: the folder
+    cache: dict = {}
+
+    def model():
+        if "model" not in cache:
+            from progsae.data.models import load_model
+
+            cache["model"] = load_model(cfg.data.model, device=cfg.device)
+        return cache["model"]
+
+    def family():
+        if "family" not in cache:
+            cache["family"] = {f: load_sae(ctx.path(f)) for f in folders}
+        return cache["family"]
+
+    by_folder: dict[str, dict] = {f: {} for f in folders}
+    for metric in [m for m in cfg.eval.metrics if m != "interp"]:
+        res = evaluate_metric(ctx, metric, family, None, model if metric == "ce" else None)
+        for r in res.records:  # the runner's "method" is the dict key: the folder
+            by_folder[r["method"]].update(r)
     bands, interp_by_method = {}, {}
     if "interp" in cfg.eval.metrics:
-        n = cfg.n_latents
-        parents = {"pruned-ef2": load_sae(ctx.path("saes", f"vanilla-{n}")), "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"))}
-        from progsae.progressive import sort_sae
+        def parents():
+            from progsae.progressive import sort_sae
 
-        parents["pruned-ef2"] = sort_sae(parents["pruned-ef2"], "ef2", importance=ctx.path("importance.json"))
-        ires = run_evals(store, parents, eval_run_config(cfg, ["interp"], sizes=cfg.train.granularities),
-                         out_path=ctx.path("evals", "interp.json"), progress=ctx.progress, model_and_tokenizer=model)
+            n = cfg.n_latents
+            vanilla = load_sae(ctx.path("saes", f"vanilla-{n}"))
+            return {"pruned-ef2": sort_sae(vanilla, "ef2", importance=ctx.path("importance.json")),
+                    "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"))}
+
+        ires = evaluate_metric(ctx, "interp", parents, cfg.train.granularities, None)
         bands = ires.bands
         interp_by_method = {(r["method"], r["size"]): r.get("interp") for r in ires.records}
     records = []

@@ -1,0 +1,61 @@
+"""The study config: presets load, and a bad value is refused in one line naming the key, before any stage runs."""
+
+import json
+
+import pytest
+
+from progsae.config import PRESETS, StudyConfig, load_study_config
+from progsae.errors import ProgsaeError
+from progsae.study.pipeline import eval_run_config
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load_and_round_trip(preset):
+    cfg = load_study_config(preset=preset)
+    assert StudyConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"eval": {"metrics": ["recon", "fvu"]}}, r"unknown eval.metrics \['fvu'\]"),
+        ({"eval": {"modes": ["prefix"]}}, r"unknown eval.modes \['prefix'\]"),
+        ({"eval": {"interp_explainer": "gpt"}}, r"unknown eval.interp_explainer \['gpt'\]"),
+        ({"train": {"granularities": [4096, 2048, 8192]}}, "must strictly increase"),
+        ({"train": {"k": 64, "granularities": [32, 128]}}, "exceeds the smallest granularity"),
+        ({"train": {"epoch": 2}}, r"unknown keys \['epoch'\] in 'train'"),
+    ],
+)
+def test_bad_values_are_refused_by_name(tmp_path, change, message):
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(change))
+    with pytest.raises(ProgsaeError, match=message) as err:
+        load_study_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_the_explainer_settings_reach_the_evaluation():
+    cfg = StudyConfig.from_dict({"eval": {"interp_explainer": "llm", "interp_llm_url": "http://127.0.0.1:9/v1",
+                                          "interp_llm_model": "m"}})
+    run = eval_run_config(cfg, ["interp"])
+    assert (run.explainer, run.llm_url, run.llm_model) == ("llm", "http://127.0.0.1:9/v1", "m")
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"hook": "resid_post"}, "data: "),
+        ({"storage_dtype": "int8"}, "data: unknown storage dtype 'int8'"),
+        ({"device": "cuda"}, "set 'device' at the top level"),
+    ],
+)
+def test_bad_data_section_is_refused(data, message):
+    with pytest.raises(ProgsaeError, match=message):
+        StudyConfig.from_dict({"data": data})
+
+
+def test_the_data_section_is_what_collect_takes():
+    from progsae.data.collect import CollectConfig
+
+    cfg = StudyConfig.from_dict({"data": {"text_field": "body", "dataset_split": "validation", "first_position": 0}})
+    assert isinstance(cfg.data, CollectConfig) and (cfg.data.text_field, cfg.data.dataset_split) == ("body", "validation")
