@@ -30,6 +30,7 @@ class TrainStudyConfig:
     dead_window: int | None = None  # tokens without firing before a latent counts as dead; None: trainer default
     seed: int = 0
     size_matched_baselines: bool = True
+    shuffle_buffer_gb: float = 1.0  # batches mix the shards that fit in this much RAM (raise it for large d_model)
 
 
 @dataclass
@@ -101,6 +102,8 @@ class StudyConfig:
         g = self.train.granularities
         if not g or any(b <= a for a, b in zip(g, g[1:])):
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
+        if self.train.shuffle_buffer_gb <= 0:
+            raise ProgsaeError(f"{source}: train.shuffle_buffer_gb must be positive, got {self.train.shuffle_buffer_gb}")
         if self.train.k > g[0]:
             raise ProgsaeError(f"{source}: train.k={self.train.k} exceeds the smallest granularity {g[0]}")
         from progsae.evals.runner import METRICS

@@ -45,15 +45,39 @@ def _worker(rank: int, port: int, store: str, tmp: str) -> None:
             "fired": sync.fired(fired_N).tolist(),
             "min_active": float(sync.extras({"min_active": torch.tensor(2.0 - rank)})["min_active"]),
             "mean": float(sync.mean(torch.tensor(float(3 * rank)))),
+            "any": [sync.any(rank == 1), sync.any(False)],
         }
         train_sae(store, f"{tmp}/topk_dp", TrainConfig(**TOPK), progress=False)
         sae = train_sae(store, f"{tmp}/btk_dp", TrainConfig(**BATCHTOPK), progress=False)
         report["btk_threshold"] = float(sae.threshold)
         report["btk_W_dec_sum"] = float(sae.W_dec.detach().double().sum())
+        report["ctrl_c"] = _ctrl_c_on_rank_1(rank, store, f"{tmp}/ctrl_c")
         with open(f"{tmp}/rank{rank}.json", "w") as f:
             json.dump(report, f)
     finally:
         dist.destroy_process_group()
+
+
+def _ctrl_c_on_rank_1(rank: int, store: str, out: str) -> str:
+    """Ctrl-C reaches only rank 1, after step 2: every process must stop at the same step (no hang)."""
+    import signal
+
+    from progsae.data.store import ActivationStore
+    from progsae.train.distributed import data_parallel
+    from progsae.train.trainer import Trainer
+
+    local, cfg, sync = data_parallel(ActivationStore(store), TrainConfig(**TOPK))
+    trainer = Trainer(local, out, cfg, resume=False, progress=False, sync=sync)
+
+    def on_step(step: int) -> None:
+        if rank == 1 and step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        trainer.run(on_step)
+    except KeyboardInterrupt:
+        return f"stopped at step {trainer.state.step}"
+    return "ran to the end"
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +109,13 @@ def test_reductions_or_min_mean(runs):
         assert r["fired"] == [True, True, False, False]
         assert r["min_active"] == 1.0
         assert r["mean"] == 1.5
+        assert r["any"] == [True, False]
+
+
+def test_ctrl_c_on_one_process_stops_every_process_at_the_same_step(runs):
+    tmp, reports = runs
+    assert [r["ctrl_c"] for r in reports] == ["stopped at step 3"] * WORLD
+    assert load_checkpoint(tmp / "ctrl_c").state["step"] == 3
 
 
 def test_batchtopk_threshold_and_weights_agree_across_processes(runs):

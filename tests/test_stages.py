@@ -86,3 +86,32 @@ def test_partial_work_is_kept_on_resume_and_cleared_on_change_or_force(tmp_path)
     cfg.data.tokens += 1
     run_stages(stage, ctx, log=lambda m: None)
     assert seen[-1] is False and len(seen) == 4  # config changed: stale items removed
+
+
+def test_outputs_placed_before_any_attempt_are_kept(tmp_path):
+    """The scaling guide's workflow: SAEs trained by hand (torchrun) into the run folder, then `reproduce`."""
+    cfg = load_study_config(preset="quick")
+    ctx = RunContext(cfg, tmp_path)
+    ctx.path("a-parts").mkdir()
+    ctx.path("a-parts", "trained-by-hand").write_text("weights")
+    seen = []
+
+    def uses_parts(ctx):
+        seen.append(sorted(p.name for p in ctx.path("a-parts").iterdir()))
+        ctx.path("a.txt").write_text("a")
+        return {}
+
+    run_stages([Stage("a", ("data",), (), lambda cfg: ("a.txt",), uses_parts, owns=("a.txt", "a-parts"))], ctx, log=lambda m: None)
+    assert seen == [["trained-by-hand"]]
+
+
+def test_changing_the_device_redoes_no_stage(tmp_path):
+    from progsae.study.pipeline import STAGES
+    from progsae.study.stages import stage_key
+
+    cpu, gpu = load_study_config(preset="quick"), load_study_config(preset="quick")
+    gpu.device = "cuda"
+    for stage in STAGES:
+        assert stage_key(stage, RunContext(cpu, tmp_path)) == stage_key(stage, RunContext(gpu, tmp_path)), stage.name
+    gpu.train.k += 1  # a real change does show
+    assert stage_key(STAGES[1], RunContext(cpu, tmp_path)) != stage_key(STAGES[1], RunContext(gpu, tmp_path))

@@ -59,3 +59,11 @@ def test_the_data_section_is_what_collect_takes():
 
     cfg = StudyConfig.from_dict({"data": {"text_field": "body", "dataset_split": "validation", "first_position": 0}})
     assert isinstance(cfg.data, CollectConfig) and (cfg.data.text_field, cfg.data.dataset_split) == ("body", "validation")
+
+
+def test_reproduce_refuses_an_unknown_until_stage(tmp_path, capsys):
+    from progsae.cli import main
+
+    assert main(["reproduce", "--preset", "quick", "--out", str(tmp_path), "--until", "zzz", "--no-progress"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "unknown stage 'zzz' for --until" in err and "\n" not in err

@@ -203,6 +203,17 @@ def test_nan_batch_is_refused(tmp_path):
     assert "\n" not in str(e.value)
 
 
+def test_float16_overflow_is_refused_when_collected(tmp_path):
+    from progsae.data.store import StoreWriter
+
+    w = StoreWriter(tmp_path / "f16", {"model": "m", "hook": None, "d_model": 8, "context_length": None}, "train",
+                    storage_dtype="float16")
+    big = torch.randn(16, 8)
+    big[3, 2] = 1e5  # finite in float32, inf in float16
+    with pytest.raises(ProgsaeError, match=r"overflow float16 \(max \|a\| = 1e\+05\); collect with storage dtype float32"):
+        w.add(big)
+
+
 @pytest.mark.parametrize(
     "changes, match",
     [

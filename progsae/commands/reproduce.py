@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=PRESETS, default=None, help="a built-in study (default: embedded)")
     p.add_argument("--out", required=True, help="run folder; re-running with the same folder resumes")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (repeatable)")
+    p.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. collect, then train with torchrun)")
     p.add_argument("--device", help="override the config's device (cpu, cuda)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -34,6 +35,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.config and args.preset:
         raise ProgsaeError("give --config or --preset, not both")
+    names = [s.name for s in STAGES]
+    for flag, asked in (("--until", [args.until] if args.until else []), ("--force", args.force)):
+        unknown = [a for a in asked if a not in names]
+        if unknown:
+            raise ProgsaeError(f"unknown stage {unknown[0]!r} for {flag} (stages: {', '.join(names)})")
     cfg = load_study_config(args.config, args.preset)
     if args.device:
         cfg.device = args.device
@@ -41,7 +47,11 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())
     ctx = RunContext(cfg, out, progress=not args.no_progress)
-    run_stages(STAGES, ctx, force=set(args.force))
+    stages = STAGES[: names.index(args.until) + 1] if args.until else STAGES
+    run_stages(stages, ctx, force=set(args.force) & {s.name for s in stages})
+    if args.until and args.until != names[-1]:
+        print(f"stopped after stage {args.until}; re-run without --until to go on")
+        return 0
     atomic_write_json(out / "timings.json", timings(ctx))  # now including the report stage itself
     print(f"report: {out / 'report.md'} and {out / 'report.html'}; results: {out / 'results.json'}")
     return 0

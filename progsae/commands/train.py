@@ -55,6 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k-aux", type=int, default=None, help="dead latents used by AuxK (default d_model/2)")
     p.add_argument("--no-normalize", action="store_true", help="train on raw activations (no scalar normalisation)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--shuffle-buffer-gb", type=float, default=d.buffer_bytes / 2**30,
+                   help=f"RAM for the shuffle buffer: batches mix the shards that fit in it (default {d.buffer_bytes / 2**30:g})")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})")
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
     p.add_argument("--device", default=d.device)
@@ -83,6 +85,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         k_aux=args.k_aux,
         normalize_input=not args.no_normalize,
         seed=args.seed,
+        buffer_bytes=int(args.shuffle_buffer_gb * 2**30),
         checkpoint_every=args.checkpoint_every,
         log_every=args.log_every,
         device=args.device,

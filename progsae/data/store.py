@@ -239,9 +239,12 @@ class StoreWriter:
 
     def add(self, acts_TD: torch.Tensor, token_ids_CL: torch.Tensor | None = None) -> None:
         """Queue rows (and the contexts they came from); writes a shard each time enough rows are queued."""
-        if not torch.isfinite(acts_TD).all():
+        stored = acts_TD.detach().to(self.np_dtype)  # checked where it lives (the GPU, when collecting there)
+        if not torch.isfinite(stored).all():
+            if torch.isfinite(acts_TD).all():
+                raise ProgsaeError(f"activations overflow {str(self.np_dtype).removeprefix('torch.')} (max |a| = {float(acts_TD.abs().max()):.4g}); collect with storage dtype float32")
             raise ProgsaeError("activations contain NaN or inf; refusing to store them")
-        self._acts.append(acts_TD.detach().to("cpu", self.np_dtype))
+        self._acts.append(stored.cpu())
         if token_ids_CL is not None:
             self._ids.append(token_ids_CL.detach().to("cpu", torch.int32))
         self._pending += acts_TD.shape[0]

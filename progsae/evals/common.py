@@ -50,8 +50,9 @@ def write_json(path, model: BaseModel) -> Path:
     return path
 
 
-def sae_dtype(sae: SAE) -> torch.dtype:
-    return sae.W_enc.dtype
+def sae_input(sae: SAE, x_BD: torch.Tensor) -> torch.Tensor:
+    """Rows (e.g. read from a store on the CPU) moved to the SAE's device and dtype, ready for `sae.encode`."""
+    return x_BD.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
 
 
 def iter_rows(store, split: str = "test", batch_size: int = 4096, max_tokens: int | None = None):

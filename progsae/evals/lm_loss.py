@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from progsae.data.hooks import HookSite
 from progsae.errors import ProgsaeError
-from progsae.evals.common import Record, Variant
+from progsae.evals.common import Record, Variant, sae_input
 
 Splice = Callable[[Tensor], Tensor]  # activation [B, T, D] -> replacement [B, T, D]
 
@@ -62,14 +62,14 @@ def keep_first(fn: Callable[[Tensor], Tensor]) -> Splice:
 
 def sae_splice(sae) -> Splice:
     def recon(a_BTD: Tensor) -> Tensor:
-        flat = a_BTD.reshape(-1, a_BTD.shape[-1]).to(sae.W_enc.dtype)
-        return sae(flat).reshape(a_BTD.shape)
+        flat = sae_input(sae, a_BTD.reshape(-1, a_BTD.shape[-1]))
+        return sae(flat).to(a_BTD.device).reshape(a_BTD.shape)
 
     return keep_first(recon)
 
 
 def constant_splice(value_D: Tensor) -> Splice:
-    return keep_first(lambda a: value_D.to(a.dtype).expand_as(a))
+    return keep_first(lambda a: value_D.to(device=a.device, dtype=a.dtype).expand_as(a))
 
 
 def prefix_blocks(site: HookSite) -> int:
@@ -138,8 +138,8 @@ class SharedPrefixRunner:
 def position_stats(logits_BTV: Tensor, ids_BT: Tensor, p_clean_BTV: Tensor | None = None, chunk: int = 32) -> tuple[Tensor, Tensor, Tensor | None]:
     """(lse, target logit, p_clean·logits or None), each [B, T-2] float64, for positions 1..T-2."""
     B, T, _ = logits_BTV.shape
-    lse = torch.empty(B, T - 2, dtype=torch.float64)
-    dot = torch.empty(B, T - 2, dtype=torch.float64) if p_clean_BTV is not None else None
+    lse = torch.empty(B, T - 2, dtype=torch.float64, device=logits_BTV.device)
+    dot = torch.empty(B, T - 2, dtype=torch.float64, device=logits_BTV.device) if p_clean_BTV is not None else None
     tgt = logits_BTV[:, 1:-1].gather(-1, ids_BT[:, 2:].unsqueeze(-1)).squeeze(-1).double()
     for b in range(B):
         rows = logits_BTV[b, 1:-1]
@@ -169,9 +169,11 @@ def evaluate_lm_loss(
     ce_v = [0.0] * len(variants)
     kl_v = [0.0] * len(variants)
     splices = [sae_splice(v.sae) for v in variants]
+    device = next(model.parameters()).device
     for ids_BT in batches:
         if ids_BT.shape[1] < 3:
             raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
+        ids_BT = ids_BT.to(device)
         logits = runner.clean(ids_BT)
         p_c = logits[:, 1:-1].float().softmax(-1)
         lse_c, tgt_c, dot_c = position_stats(logits, ids_BT, p_c)

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from progsae.errors import ProgsaeError
-from progsae.evals.common import Record, Variant, iter_rows
+from progsae.evals.common import Record, Variant, iter_rows, sae_input
 
 
 class ReconstructionConfig(BaseModel):
@@ -40,13 +40,13 @@ class ReconstructionResult(Record):
 class _Acc:
     """float64 running sums for one variant."""
 
-    def __init__(self, d: int, n: int):
+    def __init__(self, d: int, n: int, device: torch.device):
         self.sse = 0.0
-        self.sum_r_D = torch.zeros(d, dtype=torch.float64)
+        self.sum_r_D = torch.zeros(d, dtype=torch.float64, device=device)
         self.cos = 0.0
         self.rel = 0.0
         self.l0 = 0.0
-        self.fired_N = torch.zeros(n, dtype=torch.int64)
+        self.fired_N = torch.zeros(n, dtype=torch.int64, device=device)
 
     def add(self, x_BD: Tensor, z_BN: Tensor, x_hat_BD: Tensor) -> None:
         x64, xh64 = x_BD.double(), x_hat_BD.double()
@@ -74,7 +74,7 @@ def evaluate_reconstruction(store, variants: list[Variant], cfg: ReconstructionC
     for v in variants:
         if v.sae.d_in != d:
             raise ProgsaeError(f"{v.name}: SAE d_in={v.sae.d_in} but the store has d_model={d}")
-    accs = [_Acc(d, v.sae.n_latents) for v in variants]
+    accs = [_Acc(d, v.sae.n_latents, v.sae.W_enc.device) for v in variants]
     n_tok = 0
     sum_x_D = torch.zeros(d, dtype=torch.float64)
     sum_xx = 0.0
@@ -84,9 +84,8 @@ def evaluate_reconstruction(store, variants: list[Variant], cfg: ReconstructionC
         sum_x_D += x64.sum(0)
         sum_xx += float((x64 * x64).sum())
         for v, acc in zip(variants, accs):
-            xs = x_BD.to(v.sae.W_enc.dtype)
-            z_BN = v.sae.encode(xs)
-            acc.add(x_BD, z_BN, v.sae.decode(z_BN))
+            z_BN = v.sae.encode(sae_input(v.sae, x_BD))
+            acc.add(x_BD.to(z_BN.device), z_BN, v.sae.decode(z_BN))
         if progress is not None:
             progress(x_BD.shape[0])
     if n_tok == 0:

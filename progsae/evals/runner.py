@@ -167,7 +167,7 @@ def run_evals(
         if model_and_tokenizer is None:
             from progsae.data.models import load_model
 
-            model_and_tokenizer = load_model(model_name)
+            model_and_tokenizer = load_model(model_name, device=next(iter(saes.values())).W_enc.device)
         model, tokenizer = model_and_tokenizer
         site = resolve_hook(model, hook_name)
         with _bar("lm loss", cfg.ce.contexts * int(store.meta.get("context_length") or 0), progress) as upd:

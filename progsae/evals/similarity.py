@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict
 from scipy.stats import rankdata
 from torch import Tensor
 
-from progsae.evals.common import Record, Variant, sample_rows
+from progsae.evals.common import Record, Variant, sample_rows, sae_input
 
 
 class SimilarityConfig(BaseModel):
@@ -89,7 +89,7 @@ def evaluate_similarity(store, variants: list[Variant], cfg: SimilarityConfig | 
     cfg = cfg or SimilarityConfig()
     x_ND, _ = sample_rows(store, cfg.tokens, cfg.seed, cfg.split)
     ranks_x = rankdata(cosine_similarity_upper(x_ND))
-    recon = {v.name: v.sae(x_ND.to(v.sae.W_enc.dtype)).float() for v in variants}
+    recon = {v.name: v.sae(sae_input(v.sae, x_ND)).float().cpu() for v in variants}
     full = full_size_of(variants)
     full_ranks = {src: rankdata(cosine_similarity_upper(recon[f.name])) for src, f in full.items()}
     out = []

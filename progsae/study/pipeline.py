@@ -64,7 +64,8 @@ def run_train(ctx: RunContext) -> dict:
             sae = load_sae(folder)
         else:
             cfg = TrainConfig(arch=t.arch, k=t.k, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
-                              aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device, **spec)
+                              aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device,
+                              buffer_bytes=int(t.shuffle_buffer_gb * 2**30), **spec)
             sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress)
         seconds[name] = sae.cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds}
@@ -75,7 +76,7 @@ def run_importance(ctx: RunContext) -> dict:
     from progsae.progressive import fit_power_law, importance
     from progsae.report.figures import power_law_figure
 
-    sae = load_sae(ctx.path("saes", f"vanilla-{ctx.cfg.n_latents}"))
+    sae = load_sae(ctx.path("saes", f"vanilla-{ctx.cfg.n_latents}"), device=ctx.cfg.device)
     imp = importance(sae, store_path(ctx), split="test", progress=ctx.progress)
     values = imp.score("ef2")
     fit = fit_power_law(values, seed=ctx.cfg.train.seed)  # defaults: LS over the middle of the live ranks, MLE + LR tests
@@ -138,22 +139,29 @@ def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | Non
 
 
 def evaluate_metric(
-    ctx: RunContext, metric: str, saes: Callable[[], dict], sizes: list[int] | None, model: Callable[[], tuple] | None
+    ctx: RunContext, metric: str, names: list[str], saes: Callable[[], dict], sizes: list[int] | None,
+    model: Callable[[], tuple] | None,
 ) -> EvalResults:
-    """One metric over the SAEs `saes()` loads, written to evals/<metric>.json; a file left by an interrupted
-    attempt is reused, so nothing is loaded or evaluated again."""
+    """One metric over the SAEs `names` (loaded by `saes()` only if needed), written to evals/<metric>.json.
+
+    A file an interrupted attempt left is reused when it holds this metric with this config for these
+    SAEs; anything else there is evaluated again."""
     from pydantic import ValidationError
 
     from progsae.data.store import ActivationStore
     from progsae.evals.runner import EvalResults, run_evals  # noqa: F811
 
     path = ctx.path("evals", f"{metric}.json")
+    run_cfg = eval_run_config(ctx.cfg, [metric], sizes)
     if path.exists():
         try:
-            return EvalResults.model_validate_json(path.read_text())
+            done = EvalResults.model_validate_json(path.read_text())
+            if done.config == run_cfg and {v.source for v in done.variants} == set(names):
+                return done
         except (ValidationError, ValueError):
-            path.unlink()  # torn or foreign: evaluate again
-    return run_evals(ActivationStore(store_path(ctx)), saes(), eval_run_config(ctx.cfg, [metric], sizes), out_path=path,
+            pass  # torn or foreign: evaluate again
+        path.unlink()
+    return run_evals(ActivationStore(store_path(ctx)), saes(), run_cfg, out_path=path,
                      progress=ctx.progress, model_and_tokenizer=model() if model else None)
 
 
@@ -177,12 +185,12 @@ def run_evaluate(ctx: RunContext) -> dict:
 
     def family():
         if "family" not in cache:
-            cache["family"] = {f: load_sae(ctx.path(f)) for f in folders}
+            cache["family"] = {f: load_sae(ctx.path(f), device=cfg.device) for f in folders}
         return cache["family"]
 
     by_folder: dict[str, dict] = {f: {} for f in folders}
     for metric in [m for m in cfg.eval.metrics if m != "interp"]:
-        res = evaluate_metric(ctx, metric, family, None, model if metric == "ce" else None)
+        res = evaluate_metric(ctx, metric, folders, family, None, model if metric == "ce" else None)
         for r in res.records:  # the runner's "method" is the dict key: the folder
             by_folder[r["method"]].update(r)
     bands, interp_by_method = {}, {}
@@ -191,11 +199,11 @@ def run_evaluate(ctx: RunContext) -> dict:
             from progsae.progressive import sort_sae
 
             n = cfg.n_latents
-            vanilla = load_sae(ctx.path("saes", f"vanilla-{n}"))
+            vanilla = load_sae(ctx.path("saes", f"vanilla-{n}"), device=cfg.device)
             return {"pruned-ef2": sort_sae(vanilla, "ef2", importance=ctx.path("importance.json")),
-                    "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"))}
+                    "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"), device=cfg.device)}
 
-        ires = evaluate_metric(ctx, "interp", parents, cfg.train.granularities, None)
+        ires = evaluate_metric(ctx, "interp", ["pruned-ef2", "matryoshka"], parents, cfg.train.granularities, None)
         bands = ires.bands
         interp_by_method = {(r["method"], r["size"]): r.get("interp") for r in ires.records}
     records = []
@@ -238,8 +246,9 @@ def timings(ctx: RunContext) -> dict:
 
 
 STAGES = [
-    Stage("collect", ("data", "device"), (), lambda cfg: ("acts/meta.json",), run_collect, owns=("acts",)),
-    Stage("train", ("train", "device"), ("collect",), lambda cfg: tuple(f"saes/{s}/cfg.json" for s in sae_specs(cfg)),
+    # "device" is in no stage's key: moving a finished run to another device must not redo (or delete) it
+    Stage("collect", ("data",), (), lambda cfg: ("acts/meta.json",), run_collect, owns=("acts",)),
+    Stage("train", ("train",), ("collect",), lambda cfg: tuple(f"saes/{s}/cfg.json" for s in sae_specs(cfg)),
           run_train, owns=("saes",)),
     Stage("importance", (), ("train",), lambda cfg: ("importance.json", "power_law.json", "figures/power_law.png"),
           run_importance, owns=("importance.json", "power_law.json")),

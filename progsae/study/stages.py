@@ -73,14 +73,20 @@ def is_done(stage: Stage, ctx: RunContext) -> bool:
 
 
 def start(stage: Stage, ctx: RunContext, forced: bool) -> None:
-    """Keep a previous attempt's partial work only if it ran with the same key and was not forced."""
+    """Clear a previous attempt's partial work if it ran with another key, or if forced.
+
+    With no previous attempt recorded, whatever is there was put there by the user (e.g. SAEs trained
+    with torchrun into saes/, see docs/scaling.md) and is kept: the stage's own skip logic uses it.
+    """
     key = stage_key(stage, ctx)
     started = ctx.out / "stages" / f"{stage.name}.started.json"
     try:
-        resuming = not forced and json.loads(started.read_text()).get("key") == key
-    except (FileNotFoundError, json.JSONDecodeError):
-        resuming = False
-    if not resuming:
+        stale = forced or json.loads(started.read_text()).get("key") != key
+    except FileNotFoundError:
+        stale = forced
+    except json.JSONDecodeError:
+        stale = True
+    if stale:
         for rel in stage.owns:
             p = ctx.path(rel)
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)

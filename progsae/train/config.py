@@ -92,6 +92,8 @@ class TrainConfig:
             raise ProgsaeError("--steps / --tokens must be positive")
         if self.batch_size <= 0:
             raise ProgsaeError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.buffer_bytes <= 0:
+            raise ProgsaeError(f"the shuffle buffer must be positive (--shuffle-buffer-gb), got {self.buffer_bytes} bytes")
         if self.matryoshka and self.matryoshka_random:
             raise ProgsaeError("give either --matryoshka prefixes or --matryoshka-random, not both")
         if self.matryoshka:

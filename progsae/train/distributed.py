@@ -6,7 +6,7 @@ process on the same batches. Gradients are averaged with an all-reduce (after ba
 dead-latent statistics (`fired_N`) are or-ed, and BatchTopK's threshold statistic (`min_active`) is a min
 over processes. Backend: gloo on CPU, NCCL on GPU.
 
-    torchrun --nproc-per-node 2 -m progsae.cli train --store STORE --out OUT ...
+    torchrun --nproc-per-node 2 -m progsae.cli train --acts STORE --out OUT ...
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from progsae.train.sync import LocalSync
 class DistributedSync(LocalSync):
     """The trainer's cross-process reductions (see progsae/train/sync.py) done with torch.distributed collectives."""
 
-    def __init__(self, group: dist.ProcessGroup | None = None):
+    def __init__(self, group: dist.ProcessGroup | None = None, device: str | torch.device = "cpu"):
         self.group = group
+        self.device = torch.device(device)  # where collectives on fresh tensors run (CUDA for NCCL)
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
 
@@ -71,6 +72,11 @@ class DistributedSync(LocalSync):
 
     def barrier(self) -> None:
         dist.barrier(group=self.group)
+
+    def any(self, flag: bool) -> bool:
+        t = torch.tensor([int(flag)], dtype=torch.uint8, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.group)
+        return bool(t.item())
 
     @torch.no_grad()
     def broadcast_module(self, module: nn.Module) -> None:
@@ -131,7 +137,7 @@ def data_parallel(store: ActivationStore, cfg: TrainConfig) -> tuple[ActivationS
         raise ProgsaeError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({world})")
     if cfg.device.startswith("cuda"):
         cfg = dataclasses.replace(cfg, device=f"cuda:{local_rank()}")
-    return RankSliceStore(store, rank, world), cfg, DistributedSync()
+    return RankSliceStore(store, rank, world), cfg, DistributedSync(device=cfg.device)
 
 
 def is_main_process() -> bool:

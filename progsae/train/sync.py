@@ -42,3 +42,10 @@ class LocalSync:
     def barrier(self) -> None:
         """Wait for every process (around checkpoint writes)."""
 
+    def any(self, flag: bool) -> bool:
+        """Whether any process raised `flag` (Ctrl-C, a bad batch, a non-finite loss), so all act alike."""
+        return flag
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Give every process rank 0's parameters and buffers (after initialisation)."""
+

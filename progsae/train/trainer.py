@@ -145,6 +145,7 @@ class Trainer:
             self._restore(load_checkpoint(self.out_dir))
         else:
             self._fresh_start()
+            self.sync.broadcast_module(self.sae)  # processes start from rank 0's initialisation, as DDP does
 
     # ---- state ---------------------------------------------------------------------------
     def _fresh_start(self) -> None:
@@ -204,7 +205,7 @@ class Trainer:
             with _InterruptFlag() as interrupt:
                 while st.step < self.total_steps:
                     x_BD = next(batches).to(self.device)
-                    if not torch.isfinite(x_BD).all():
+                    if self.sync.any(not bool(torch.isfinite(x_BD).all())):
                         raise ProgsaeError(f"batch {st.step} of {self.store.path} contains NaN or inf activations")
                     if st.input_scale != 1.0:
                         x_BD = x_BD * st.input_scale
@@ -220,9 +221,10 @@ class Trainer:
                         if metrics is not None:
                             metrics.write(record)
                     bar.update(self.sync.tokens(x_BD.shape[0]), record)
-                    if st.step % cfg.checkpoint_every == 0 or st.step == self.total_steps or interrupt.set:
+                    stop = self.sync.any(interrupt.set)  # every process stops at the same step
+                    if st.step % cfg.checkpoint_every == 0 or st.step == self.total_steps or stop:
                         self.save_checkpoint()
-                    if interrupt.set:
+                    if stop:
                         raise KeyboardInterrupt
                     if on_step is not None:
                         on_step(st.step)
@@ -237,8 +239,8 @@ class Trainer:
         ctx.dead_mask_N = self.dead.dead_mask()
         ctx.l1_coef = l1_at(step, cfg.l1_coef, cfg.l1_warmup_steps)
         out = sae.training_step(x_BD, ctx)
-        if not torch.isfinite(out.loss):
-            raise ProgsaeError(f"the loss became {float(out.loss)} at step {step}; lower --lr (now {cfg.lr:g})")
+        if self.sync.any(not bool(torch.isfinite(out.loss))):
+            raise ProgsaeError(f"the loss became non-finite (NaN or inf) at step {step}; lower --lr (now {cfg.lr:g})")
         out.loss.backward()
         self.sync.gradients(sae)
         sae.remove_parallel_decoder_grad()

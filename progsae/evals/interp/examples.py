@@ -16,6 +16,7 @@ from torch import Tensor
 
 from progsae.data.store import as_tensor
 from progsae.errors import ProgsaeError
+from progsae.evals.common import sae_input
 from progsae.sae.base import SAE
 
 
@@ -90,8 +91,8 @@ def top_contexts(
                 break
             room = c_count if max_contexts is None else max_contexts - seen
             c1 = min(c_count, c0 + batch_contexts, c0 + room)
-            x = as_tensor(acts[c0 * P : c1 * P]).to(sae.W_enc.dtype)
-            z_CPM = sae.encode(x)[:, latents].float().view(c1 - c0, P, M)
+            x = sae_input(sae, as_tensor(acts[c0 * P : c1 * P]))
+            z_CPM = sae.encode(x)[:, latents.to(x.device)].float().cpu().view(c1 - c0, P, M)
             fired += (z_CPM > 0).sum((0, 1))
             v_CM, p_CM = z_CPM.max(1)
             ids = torch.arange(offset + c0, offset + c1)
@@ -147,9 +148,9 @@ def window_examples(
         row_ids, lat = np.concatenate(rows), torch.from_numpy(np.concatenate(row_latent))
         vals = torch.empty(len(row_ids))
         for s in range(0, len(row_ids), chunk):  # only each row's own latent is kept: memory stays [chunk, N]
-            x = as_tensor(sh["acts"][row_ids[s : s + chunk]]).to(sae.W_enc.dtype)
+            x = sae_input(sae, as_tensor(sh["acts"][row_ids[s : s + chunk]]))
             z = sae.encode(x)
-            vals[s : s + chunk] = z[torch.arange(z.shape[0]), lat[s : s + chunk]].float()
+            vals[s : s + chunk] = z[torch.arange(z.shape[0], device=z.device), lat[s : s + chunk].to(z.device)].float().cpu()
         a = 0
         for j, c, lo, hi in spans:
             toks = np.asarray(sh["token_ids"][c, lo:hi]).tolist()
