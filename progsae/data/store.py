@@ -121,12 +121,27 @@ class ActivationStore:
             yield self.shard(split, i)["acts"]
 
     def _load_group(self, split, group, carry, shuffle, seed, epoch, g, dtype) -> torch.Tensor:
-        """Rows of a buffer of shards (after the previous buffer's leftover), shuffled if asked."""
-        parts = ([carry] if carry is not None else []) + [as_tensor(self.shard(split, i)["acts"], dtype) for i in group]
-        rows = torch.cat(parts)
+        """Rows of a buffer of shards (after the previous buffer's leftover), shuffled if asked.
+
+        Each shard is read straight into its shuffled places in one buffer, so peak memory is the buffer
+        plus one shard (not the rows, their concatenation and a shuffled copy at once).
+        """
+        sizes = ([carry.shape[0]] if carry is not None else []) + [self.shards(split)[i].tokens for i in group]
+        rows = torch.empty(sum(sizes), self.d_model, dtype=dtype)
+        dest = torch.arange(rows.shape[0])
         if shuffle:
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
-            rows = rows[torch.randperm(rows.shape[0], generator=gen)]
+            dest = torch.argsort(torch.randperm(rows.shape[0], generator=gen))  # row i goes to dest[i]
+        parts = ([lambda: carry] if carry is not None else []) + [
+            lambda i=i: as_tensor(self.shard(split, i)["acts"], dtype) for i in group
+        ]
+        start = 0
+        for size, read in zip(sizes, parts):
+            part = read()
+            if part.shape[0] != size:
+                raise ProgsaeError(f"{self.path}: a shard of '{split}' holds {part.shape[0]} rows, meta.json says {size}")
+            rows.index_copy_(0, dest[start : start + size], part)
+            start += size
         return rows
 
     def iter_batches(
@@ -175,15 +190,15 @@ class ActivationStore:
                 if produced + n_full <= start_batch:  # skip whole buffers without reading their rows
                     produced += n_full
                     tail = n_rows % batch_size
-                    carry = self._load_group(split, group, carry, shuffle, seed, epoch, g, dtype)[n_rows - tail :] if tail else None
+                    carry = self._load_group(split, group, carry, shuffle, seed, epoch, g, dtype)[n_rows - tail :].clone() if tail else None
                     continue
                 rows = self._load_group(split, group, carry, shuffle, seed, epoch, g, dtype)
                 for b in range(n_full):
                     if produced >= start_batch:
-                        yield rows[b * batch_size : (b + 1) * batch_size]
+                        yield rows[b * batch_size : (b + 1) * batch_size].clone()  # a view would pin the buffer
                     produced += 1
                 rest = rows[n_full * batch_size :]
-                carry = rest if rest.shape[0] else None
+                carry = rest.clone() if rest.shape[0] else None  # a copy: the buffer itself can be freed
                 del rows
             if carry is not None and not drop_last and not loop:
                 if produced >= start_batch:
