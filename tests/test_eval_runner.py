@@ -107,3 +107,26 @@ def test_sae_from_another_hook_is_refused(tmp_path):
         importance(sae, tmp_path / "acts")
     sae.cfg.hook = "resid_post.3"
     assert run_evals(store, {"s": sae}, EvalRunConfig(metrics=["recon"]), progress=False).records
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_metric_on_cuda_matches_cpu(setup):
+    """SAEs loaded on the GPU: rows, the LM and the splices follow them there, and the numbers agree with CPU."""
+    from progsae.evals.interp.score import InterpConfig
+    from progsae.evals.lm_loss import LMLossConfig
+    from progsae.evals.runner import EvalRunConfig, run_evals
+    from progsae.evals.similarity import SimilarityConfig
+
+    _, store_path, saes, _ = setup
+    store = ActivationStore(store_path)
+    cfg = EvalRunConfig(metrics=["recon", "ce", "rsa", "interp"], sizes=[16, 32, 64], modes=["mask", "retopk"],
+                        ce=LMLossConfig(contexts=6, batch_size=3), rsa=SimilarityConfig(tokens=200),
+                        interp=InterpConfig(latents_per_band=3))
+    cpu = run_evals(store, {n: load_sae(p) for n, p in saes.items()}, cfg, progress=False)
+    gpu = run_evals(store, {n: load_sae(p, device="cuda") for n, p in saes.items()}, cfg, progress=False)
+    assert [r["variant"] for r in cpu.records] == [r["variant"] for r in gpu.records]
+    for a, b in zip(cpu.records, gpu.records):
+        for key in ("fvu", "l0", "rsa", "cka", "ce_recaptured_zero", "delta_ce", "kl", "interp"):
+            if a.get(key) is not None:
+                assert abs(a[key] - b[key]) <= 1e-3 * max(1.0, abs(a[key])), (a["variant"], key, a[key], b[key])
