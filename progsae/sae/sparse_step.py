@@ -46,8 +46,9 @@ def batch_topk_selection(pre_BN: Tensor, k: int) -> Selection:
     """
     B, n = pre_BN.shape
     total = min(k * B, B * n)
-    kc_B = torch.full((B,), min(n, 2 * k), dtype=torch.long, device=pre_BN.device)
-    vals_BC, cols_BC = pre_BN.topk(int(kc_B[0]), dim=-1, sorted=False)
+    kc0 = min(n, 2 * k)
+    kc_B = torch.full((B,), kc0, dtype=torch.long, device=pre_BN.device)
+    vals_BC, cols_BC = pre_BN.topk(kc0, dim=-1, sorted=False)
     rows_C = torch.arange(B, device=pre_BN.device).repeat_interleave(cols_BC.shape[1])
     cols_C, vals_C = cols_BC.flatten(), vals_BC.flatten()
     min_B = vals_BC.amin(-1)
