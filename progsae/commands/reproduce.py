@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config, args.preset)
     if args.device:
         cfg.device = args.device
+    from progsae.device import resolve_device
+
+    resolve_device(cfg.device)  # checked here, not when the config loads: the paper preset names cuda
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "config.json", cfg.to_dict())

@@ -53,7 +53,10 @@ class CollectConfig:
         return round(min(0.5, max(0.02, ratio)), 4)
 
     def validate(self) -> None:
+        from progsae.device import resolve_device
+
         parse_hook_name(self.hook)
+        resolve_device(self.device)
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ProgsaeError(f"unknown storage dtype '{self.storage_dtype}' (use {' or '.join(STORAGE_DTYPES)})")
         if not 0 <= self.first_position < self.context_length:

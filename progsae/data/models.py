@@ -90,6 +90,10 @@ def load_model(name_or_path: str, device: str | torch.device = "cpu", dtype: tor
     """(model, tokenizer) for a causal LM, in eval mode with gradients off."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from progsae.device import resolve_device
+
+    resolve_device(device)
+
     path = resolve_model_path(name_or_path)
     local = Path(path).expanduser()
     if local.exists():

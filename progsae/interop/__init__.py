@@ -68,6 +68,9 @@ def detect_format(path) -> str:
 
 def load_foreign(path, device: str | torch.device = "cpu") -> SAE:
     """Load an SAE folder in any recognised format as a progsae SAE with the same encode/decode outputs."""
+    from progsae.device import resolve_device
+
+    resolve_device(device)
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "progsae":

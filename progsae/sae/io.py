@@ -101,6 +101,9 @@ def load_progsae_folder(path: Path, device: str | torch.device = "cpu") -> SAE:
 
 def load_sae(path, device: str | torch.device = "cpu") -> SAE:
     """Load an SAE folder (progsae's own format, or a foreign one the interop module recognises)."""
+    from progsae.device import resolve_device
+
+    resolve_device(device)
     path = Path(path)
     if not path.exists():
         raise ProgsaeError(f"{path}: no such SAE folder")

@@ -77,6 +77,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot train, with one line naming the setting."""
+        from progsae.device import resolve_device
+
+        resolve_device(self.device)
         if self.arch not in ARCHITECTURES:
             raise ProgsaeError(f"--arch must be one of {', '.join(ARCHITECTURES)}, got '{self.arch}'")
         if self.n_latents <= 0:
