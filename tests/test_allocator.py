@@ -16,7 +16,7 @@ libc.mallinfo2.restype = MallInfo2
 def mapped_and_heap():
     m = libc.mallinfo2()
     return m.hblkhd, m.arena
-from progsae.train.allocator import keep_freed_blocks
+from progsae.allocator import keep_freed_blocks
 mapped0, heap0 = mapped_and_heap()
 t = torch.empty(16 << 20)  # 64 MiB: above glibc's largest default mmap threshold
 mapped_default = mapped_and_heap()[0] - mapped0

@@ -142,6 +142,10 @@ def run_evals(
         raise ProgsaeError("no SAEs to evaluate")
     for name, sae in saes.items():
         store.check_sae(sae, name)
+    if any(sae.W_enc.device.type == "cpu" for sae in saes.values()):
+        from progsae.allocator import keep_freed_blocks
+
+        keep_freed_blocks()  # every batch makes and frees [B, N] codes: keep them out of mmap/munmap
     out_path = Path(out_path) if out_path else None
     variants = build_variants(saes, cfg.sizes, cfg.modes)
     model_name = cfg.model or store.meta.get("model")

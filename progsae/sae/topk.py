@@ -16,7 +16,7 @@ def topk_dense(pre_BN: Tensor, k: int) -> Tensor:
     without a ReLU'd [B, N] copy (2.2x faster at B 2048, N 16384 here).
     """
     vals, idx = pre_BN.topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(pre_BN).scatter(-1, idx, vals.clamp_min(0))
+    return torch.zeros_like(pre_BN).scatter_(-1, idx, vals.clamp_min(0))
 
 
 @register

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
+from progsae.allocator import keep_freed_blocks
 from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 from progsae.sae import SAE, SAEConfig, TrainContext, sae_class
 from progsae.sae.io import CFG_FILE
-from progsae.train.allocator import keep_freed_blocks
 from progsae.train.checkpoint import (
     CHECKPOINT_DIR,
     Checkpoint,

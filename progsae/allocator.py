@@ -1,4 +1,4 @@
-"""Keep large freed blocks in the process heap while training on CPU (glibc malloc).
+"""Keep large freed blocks in the process heap while training or evaluating on CPU (glibc malloc).
 
 glibc serves every allocation above its mmap threshold (at most 32 MiB) with a fresh mapping and unmaps it
 when freed. A training step makes the same few large tensors every step (the [B, N] pre-activations, the
