@@ -61,10 +61,6 @@ def rsa(x_ND: Tensor, y_ND: Tensor) -> float:
     return _pearson(rankdata(cosine_similarity_upper(x_ND)), rankdata(cosine_similarity_upper(y_ND)))
 
 
-def rsa_from_upper(ranks_x: np.ndarray, y_ND: Tensor) -> float:
-    return _pearson(ranks_x, rankdata(cosine_similarity_upper(y_ND)))
-
-
 def linear_cka(x_ND: Tensor, y_ND: Tensor) -> float:
     """Linear CKA ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) of column-centred X, Y (feature dims may differ)."""
     x = x_ND.double() - x_ND.double().mean(0)
@@ -97,13 +93,14 @@ def evaluate_similarity(store, variants: list[Variant], cfg: SimilarityConfig | 
         y = recon[v.name]
         ref = full[v.source]
         is_full = ref.name == v.name
+        ranks_y = full_ranks[v.source] if is_full else rankdata(cosine_similarity_upper(y))  # once per variant
         out.append(
             SimilarityResult(
                 **Record.header(v),
                 tokens=x_ND.shape[0],
-                rsa_original=_finite(rsa_from_upper(ranks_x, y)),
+                rsa_original=_finite(_pearson(ranks_x, ranks_y)),
                 cka_original=_finite(linear_cka(x_ND, y)),
-                rsa_full=None if is_full else _finite(_pearson(full_ranks[v.source], rankdata(cosine_similarity_upper(y)))),
+                rsa_full=None if is_full else _finite(_pearson(full_ranks[v.source], ranks_y)),
                 cka_full=None if is_full else _finite(linear_cka(recon[ref.name], y)),
                 full_variant=None if is_full else ref.name,
             )
