@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 from progsae.sae import SAEConfig, TopKSAE, TrainContext  # noqa: E402
 from progsae.sae.sparse_step import dense_reference  # noqa: E402
+from progsae.train.optimizer import LayoutAdam  # noqa: E402
 
 
 def make_sae(d: int, n: int, k: int, prefixes: list[int] | None, seed: int) -> TopKSAE:
@@ -41,11 +42,11 @@ class Runner:
 
     def __init__(self, sae: TopKSAE, dense: bool, ctx: TrainContext):
         self.sae, self.dense, self.ctx = sae, dense, ctx
-        self.opt = torch.optim.Adam(sae.parameters(), lr=1e-4, fused=True)
+        self.opt = LayoutAdam(sae.parameters(), lr=1e-4)  # the trainer's optimiser
         self.times: list[float] = []
 
     def _step(self, x_BD: torch.Tensor) -> None:
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         out = self.sae.training_step(x_BD, self.ctx)
         out.loss.backward()
         self.sae.remove_parallel_decoder_grad()

@@ -51,7 +51,9 @@ class SAE(nn.Module):
         self.cfg = cfg
         dtype = dtype or getattr(torch, cfg.dtype)
         d, n = cfg.d_in, cfg.n_latents
-        self.W_enc = nn.Parameter(torch.zeros(d, n, device=device, dtype=dtype))
+        # [D, N] held in [N, D] memory: the sparse backward builds W_enc's gradient one row per latent, so it
+        # needs no transpose copy (progsae/train/optimizer.py steps Adam on this memory layout)
+        self.W_enc = nn.Parameter(torch.zeros(n, d, device=device, dtype=dtype).t())
         self.W_dec = nn.Parameter(torch.zeros(n, d, device=device, dtype=dtype))
         self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))

@@ -42,23 +42,6 @@ def checkpoint_path(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / CHECKPOINT_FILE
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """Adam's per-parameter state (step, exp_avg, exp_avg_sq) as flat named tensors."""
-    out = {}
-    for i, st in opt.state_dict()["state"].items():
-        for key, t in st.items():
-            out[f"{i}/{key}"] = torch.as_tensor(t)
-    return out
-
-
-def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, t in tensors.items():
-        i, key = name.split("/", 1)
-        state.setdefault(int(i), {})[key] = t
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
-
-
 def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
     state = {"format": FORMAT, "version": 1, **state}
     text = json.dumps(state)

@@ -27,14 +27,13 @@ from progsae.train.checkpoint import (
     Checkpoint,
     checkpoint_path,
     load_checkpoint,
-    load_optimizer_tensors,
-    optimizer_tensors,
     save_checkpoint,
 )
 from progsae.train.config import TrainConfig
 from progsae.train.dead import DeadTracker
 from progsae.train.init import init_sae, init_sample, input_scale
 from progsae.train.metrics import MetricsLog, Progress
+from progsae.train.optimizer import LayoutAdam
 from progsae.train.schedule import l1_at, lr_at
 from progsae.train.sync import LocalSync
 
@@ -129,9 +128,7 @@ class Trainer:
             keep_freed_blocks()
         self.sae_cfg = sae_config_for(self.cfg, store)
         self.sae: SAE = sae_class(self.cfg.arch)(self.sae_cfg, device=self.device)
-        self.opt = torch.optim.Adam(
-            self.sae.parameters(), lr=self.cfg.lr, betas=self.cfg.adam_betas, eps=self.cfg.adam_eps, fused=True
-        )
+        self.opt = LayoutAdam(self.sae.parameters(), lr=self.cfg.lr, betas=self.cfg.adam_betas, eps=self.cfg.adam_eps)
         self.dead = DeadTracker(self.cfg.n_latents, self.cfg.dead_window, self.device)
         self.prefix_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
         self.state = RunState()
@@ -158,7 +155,7 @@ class Trainer:
     def _restore(self, ckpt: Checkpoint) -> None:
         check_resumable(ckpt, self.cfg, self.store)
         self.sae.load_state_dict({k: v.to(self.device) for k, v in ckpt.group("sae").items()})
-        load_optimizer_tensors(self.opt, ckpt.group("adam"))
+        self.opt.load_state_tensors(ckpt.group("adam"))
         self.dead.since_fired_N.copy_(ckpt.tensors["dead/since_fired_N"])
         torch.set_rng_state(ckpt.tensors["rng/torch"])
         self.prefix_gen.set_state(ckpt.tensors["rng/prefixes"])
@@ -169,7 +166,7 @@ class Trainer:
         self.sync.barrier()
         if self.sync.is_main:
             tensors = {f"sae/{k}": v for k, v in self.sae.state_dict().items()}
-            tensors.update({f"adam/{k}": v for k, v in optimizer_tensors(self.opt).items()})
+            tensors.update({f"adam/{k}": v for k, v in self.opt.state_tensors().items()})
             tensors["dead/since_fired_N"] = self.dead.since_fired_N
             tensors["rng/torch"] = torch.get_rng_state()
             tensors["rng/prefixes"] = self.prefix_gen.get_state()
@@ -250,7 +247,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         sae.normalize_decoder()
         self.dead.update(self.sync.fired(out.fired_N.detach()), self.sync.tokens(x_BD.shape[0]))
         out.extras = self.sync.extras(out.extras)
