@@ -17,23 +17,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from progsae.commands.arguments import comma_list, int_list
 from progsae.errors import ProgsaeError
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
-def _list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 def _bands(text: str) -> list[tuple[int, int]]:
     try:
-        return [(int(a), int(b)) for a, b in (part.split("-") for part in _list(text))]
+        return [(int(a), int(b)) for a, b in (part.split("-") for part in comma_list(text))]
     except ValueError:
         raise argparse.ArgumentTypeError(f"bands are LO-HI,LO-HI,... latent ranges, got '{text}'") from None
 
@@ -42,9 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("saes", nargs="+", metavar="SAE", help="SAE folders, optionally NAME=FOLDER")
     p.add_argument("--acts", required=True, help="activation store (its test split is held out)")
     p.add_argument("--out", default="results.json", help="results JSON (default results.json)")
-    p.add_argument("--sizes", type=_ints, default=None, help="comma-separated sizes G (default: each SAE as it is)")
-    p.add_argument("--mode", type=_list, default=["mask"], help="mask, retopk or mask,retopk (default mask)")
-    p.add_argument("--metrics", type=_list, default=["recon", "ce", "rsa", "interp"], help="subset of recon,ce,rsa,interp (default all)")
+    p.add_argument("--sizes", type=int_list, default=None, help="comma-separated sizes G (default: each SAE as it is)")
+    p.add_argument("--mode", type=comma_list, default=["mask"], help="mask, retopk or mask,retopk (default mask)")
+    p.add_argument("--metrics", type=comma_list, default=["recon", "ce", "rsa", "interp"], help="subset of recon,ce,rsa,interp (default all)")
     p.add_argument("--model", default=None, help="language model for ce (default: the store's model, e.g. smollm2)")
     p.add_argument("--hook", default=None, help="hook site for ce (default: the store's hook)")
     p.add_argument("--split", default="test", help="store split to evaluate on (default test)")

@@ -15,22 +15,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from progsae.commands.arguments import float_list, int_list
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
     p.add_argument("--latents", type=int, required=True, help="dictionary size n")
     p.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
-    p.add_argument("--matryoshka", type=_int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
-    p.add_argument("--matryoshka-weights", type=_float_list, default=None, help="per-prefix loss weights (default equal)")
+    p.add_argument("--matryoshka", type=int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
+    p.add_argument("--matryoshka-weights", type=float_list, default=None, help="per-prefix loss weights (default equal)")
     p.add_argument("--matryoshka-random", type=int, default=None, metavar="NUM_PREFIXES", help="sample this many prefixes each step")
     length = p.add_mutually_exclusive_group(required=True)
     length.add_argument("--steps", type=int, help="optimiser steps")
