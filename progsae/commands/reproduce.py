@@ -28,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from progsae.config import load_study_config
+    from progsae.device import resolve_device
     from progsae.errors import ProgsaeError
     from progsae.sae.io import atomic_write_json
     from progsae.study.pipeline import STAGES, timings
@@ -43,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_study_config(args.config, args.preset)
     if args.device:
         cfg.device = args.device
-    from progsae.device import resolve_device
-
     resolve_device(cfg.device)  # checked here, not when the config loads: the paper preset names cuda
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

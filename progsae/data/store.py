@@ -132,12 +132,14 @@ class ActivationStore:
         if shuffle:
             gen = torch.Generator().manual_seed(int(np.random.default_rng([seed, epoch, g]).integers(2**62)))
             dest = torch.argsort(torch.randperm(rows.shape[0], generator=gen))  # row i goes to dest[i]
-        parts = ([lambda: carry] if carry is not None else []) + [
-            lambda i=i: as_tensor(self.shard(split, i)["acts"], dtype) for i in group
-        ]
+        def parts():  # read one shard at a time
+            if carry is not None:
+                yield carry
+            for i in group:
+                yield as_tensor(self.shard(split, i)["acts"], dtype)
+
         start = 0
-        for size, read in zip(sizes, parts):
-            part = read()
+        for size, part in zip(sizes, parts()):
             if part.shape[0] != size:
                 raise ProgsaeError(f"{self.path}: a shard of '{split}' holds {part.shape[0]} rows, meta.json says {size}")
             rows.index_copy_(0, dest[start : start + size], part)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Callable
@@ -138,10 +139,7 @@ def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | Non
     )
 
 
-def evaluate_metric(
-    ctx: RunContext, metric: str, names: list[str], saes: Callable[[], dict], sizes: list[int] | None,
-    model: Callable[[], tuple] | None,
-) -> EvalResults:
+def evaluate_metric(ctx: RunContext, metric: str, names: list[str], saes: Callable[[], dict], sizes: list[int] | None) -> EvalResults:
     """One metric over the SAEs `names` (loaded by `saes()` only if needed), written to evals/<metric>.json.
 
     A file an interrupted attempt left is reused when it holds this metric with this config for these
@@ -161,8 +159,8 @@ def evaluate_metric(
         except (ValidationError, ValueError):
             pass  # torn or foreign: evaluate again
         path.unlink()
-    return run_evals(ActivationStore(store_path(ctx)), saes(), run_cfg, out_path=path,
-                     progress=ctx.progress, model_and_tokenizer=model() if model else None)
+    # the LM for recaptured CE is the store's model, loaded by run_evals on the SAEs' device
+    return run_evals(ActivationStore(store_path(ctx)), saes(), run_cfg, out_path=path, progress=ctx.progress)
 
 
 def run_evaluate(ctx: RunContext) -> dict:
@@ -174,23 +172,14 @@ def run_evaluate(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     members = json.loads(ctx.path("families", "families.json").read_text())
     folders = sorted({m["folder"] for m in members})
-    cache: dict = {}
 
-    def model():
-        if "model" not in cache:
-            from progsae.data.models import load_model
-
-            cache["model"] = load_model(cfg.data.model, device=cfg.device)
-        return cache["model"]
-
-    def family():
-        if "family" not in cache:
-            cache["family"] = {f: load_sae(ctx.path(f), device=cfg.device) for f in folders}
-        return cache["family"]
+    @functools.cache
+    def family() -> dict:  # loaded once, for the first metric not already on disk
+        return {f: load_sae(ctx.path(f), device=cfg.device) for f in folders}
 
     by_folder: dict[str, dict] = {f: {} for f in folders}
     for metric in [m for m in cfg.eval.metrics if m != "interp"]:
-        res = evaluate_metric(ctx, metric, folders, family, None, model if metric == "ce" else None)
+        res = evaluate_metric(ctx, metric, folders, family, None)
         for r in res.records:  # the runner's "method" is the dict key: the folder
             by_folder[r["method"]].update(r)
     bands, interp_by_method = {}, {}
@@ -203,7 +192,7 @@ def run_evaluate(ctx: RunContext) -> dict:
             return {"pruned-ef2": sort_sae(vanilla, "ef2", importance=ctx.path("importance.json")),
                     "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"), device=cfg.device)}
 
-        ires = evaluate_metric(ctx, "interp", ["pruned-ef2", "matryoshka"], parents, cfg.train.granularities, None)
+        ires = evaluate_metric(ctx, "interp", ["pruned-ef2", "matryoshka"], parents, cfg.train.granularities)
         bands = ires.bands
         interp_by_method = {(r["method"], r["size"]): r.get("interp") for r in ires.records}
     records = []
