@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from progsae.data.collect import CollectConfig
+from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR
 from progsae.errors import ProgsaeError
 
 PRESETS = ("embedded", "quick", "paper")
@@ -29,6 +30,7 @@ class TrainStudyConfig:
     aux_coef: float = 1 / 32  # short runs need more AuxK pull to revive dead latents (e.g. 0.25)
     dead_window: int | None = None  # tokens without firing before a latent counts as dead; None: trainer default
     seed: int = 0
+    seeds: list[int] | None = None  # every SAE is trained once per seed; None: [seed]
     size_matched_baselines: bool = True
     shuffle_buffer_gb: float = 1.0  # batches mix the shards that fit in this much RAM (raise it for large d_model)
 
@@ -45,7 +47,8 @@ class EvalConfig:
     interp_explainer: str = "deterministic"  # or "llm": a local HF chat model, or the endpoint below
     interp_llm_url: str | None = None  # an OpenAI-compatible endpoint for the "llm" explainer
     interp_llm_model: str | None = None  # the model it serves (or a local model id/folder; default smollm2)
-    seed: int = 0
+    bootstrap_replicates: int = 1000  # resamples of test contexts behind every interval and paired comparison
+    seed: int = 0  # of the eval samples (contexts, latents) and the bootstrap
 
 
 @dataclass
@@ -54,6 +57,7 @@ class StudyConfig:
 
     name: str = "embedded"
     device: str = "cpu"
+    outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR  # rows above this x the median train norm are dropped; None keeps all
     data: CollectConfig = field(default_factory=CollectConfig)  # what `progsae collect` takes, minus the device
     train: TrainStudyConfig = field(default_factory=TrainStudyConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -61,6 +65,10 @@ class StudyConfig:
     @property
     def n_latents(self) -> int:
         return self.train.granularities[-1]
+
+    @property
+    def seeds(self) -> list[int]:
+        return list(self.train.seeds) if self.train.seeds else [self.train.seed]
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -70,7 +78,7 @@ class StudyConfig:
     def section_hash(self, *sections: str) -> str:
         """A short digest of the named config sections: a stage re-runs when its inputs change."""
         d = self.to_dict()
-        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)
+        blob = json.dumps({s: d[s] for s in sections}, sort_keys=True)  # a section or a top-level key
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod
@@ -104,6 +112,14 @@ class StudyConfig:
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
         if self.train.shuffle_buffer_gb <= 0:
             raise ProgsaeError(f"{source}: train.shuffle_buffer_gb must be positive, got {self.train.shuffle_buffer_gb}")
+        if self.outlier_factor is not None and not (isinstance(self.outlier_factor, (int, float)) and self.outlier_factor > 1):
+            raise ProgsaeError(f"{source}: outlier_factor must be a number above 1, or null to keep every row (got {self.outlier_factor!r})")
+        seeds = self.train.seeds
+        if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
+                                  or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+            raise ProgsaeError(f"{source}: train.seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        if self.eval.bootstrap_replicates < 100:
+            raise ProgsaeError(f"{source}: eval.bootstrap_replicates must be at least 100, got {self.eval.bootstrap_replicates}")
         if self.train.k > g[0]:
             raise ProgsaeError(f"{source}: train.k={self.train.k} exceeds the smallest granularity {g[0]}")
         from progsae.evals.runner import METRICS

@@ -145,7 +145,7 @@ def test_cli_collect_and_its_one_line_errors(tmp_path, tiny_gpt_neox, loaded, co
     args = ["collect", "--model", str(tiny_gpt_neox), "--hook", "mlp_out.2", "--corpus", str(corpus_file), "--tokens", "150",
             "--test-tokens", "45", "--context-length", "16", "--batch-size", "4", "--shard-tokens", "60"]
     assert cli_main(args + ["--out", str(tmp_path / "cli")]) == 0
-    assert "150 train and 45 test activations" in capsys.readouterr().out
+    assert "150 train, 45 validation, 45 test activations" in capsys.readouterr().out
     model, tok = loaded["gpt_neox"]
     api = collect(small_cfg(tiny_gpt_neox, "mlp_out.2", corpus_file), tmp_path / "api", model=model, tokenizer=tok, progress=False)
     assert _store_files(tmp_path / "cli") == _store_files(api)

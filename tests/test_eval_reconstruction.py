@@ -61,8 +61,25 @@ def test_mask_mode_counts_only_live_latents_and_max_tokens(tmp_path):
     store, acts = make_store(tmp_path / "s", n=1000)
     sae = random_topk()
     masked = sae.select(torch.arange(40), mask_size=10)
-    [full, m] = evaluate_reconstruction(store, [Variant.of(sae, "full"), Variant.of(masked, "m")], ReconstructionConfig(max_tokens=500, batch_size=128))
-    assert full.tokens == m.tokens == 500
-    z = sae.encode(acts[:500])[:, :10]
+    cfg = ReconstructionConfig(max_tokens=500, batch_size=128)
+    [full, m] = evaluate_reconstruction(store, [Variant.of(sae, "full"), Variant.of(masked, "m")], cfg)
+    rows = torch.cat([x for x, _, _ in store.iter_context_rows("test", store.sample_contexts("test", 500, cfg.seed))])
+    assert full.tokens == m.tokens == rows.shape[0] and 500 <= rows.shape[0] < 500 + 128  # whole blocks of 128 rows
+    assert not torch.equal(rows, acts[: rows.shape[0]])  # a random sample, not the first rows
+    z = sae.encode(rows)[:, :10]
     assert m.l0 == pytest.approx(float((z != 0).sum(1).double().mean())) and m.l0 < full.l0
     assert m.dead_fraction == pytest.approx(float(((z != 0).sum(0) == 0).double().mean()))
+
+
+def test_intervals_cover_the_point_and_shrink_with_more_contexts(tmp_path):
+    store, _ = make_store(tmp_path / "s", n=6000)
+    sae = random_topk()
+    small, = evaluate_reconstruction(store, [Variant.of(sae, "a")], ReconstructionConfig(max_tokens=1000))
+    large, = evaluate_reconstruction(store, [Variant.of(sae, "a")], ReconstructionConfig())
+    for rec in (small, large):
+        for metric in ("fvu", "mse", "cosine", "l0", "explained_variance", "relative_norm"):
+            lo, hi = rec.ci[metric]
+            assert lo <= getattr(rec, metric) <= hi, metric
+    width = lambda r: r.ci["fvu"][1] - r.ci["fvu"][0]  # noqa: E731
+    assert width(large) < width(small)
+    assert len(large._replicates["fvu"]) == 1000

@@ -58,17 +58,22 @@ def test_statistics_match_a_dense_computation(arch):
     assert not torch.equal(imp.ordering("random"), torch.arange(N))
 
 
-def test_store_gives_the_same_numbers_as_a_tensor_and_defaults_to_the_test_split(tmp_path):
+def test_store_gives_the_same_numbers_as_a_tensor_and_defaults_to_validation_then_train(tmp_path):
     g = torch.Generator().manual_seed(2)
-    train, test = torch.randn(500, D, generator=g) + 3, torch.randn(700, D, generator=g)
-    write_store(tmp_path / "acts", {"train": train, "test": test}, shard_tokens=128)
+    train, test, val = torch.randn(500, D, generator=g) + 3, torch.randn(700, D, generator=g), torch.randn(600, D, generator=g)
+    write_store(tmp_path / "acts", {"train": train, "test": test, "validation": val}, shard_tokens=128)
+    write_store(tmp_path / "old", {"train": train, "test": test}, shard_tokens=128)
     sae = hand_sae()
     from_store = importance(sae, tmp_path / "acts", batch_size=100)
-    from_tensor = importance(sae, test)
-    assert from_store.n_tokens == 700 and from_store.source["split"] == "test"
+    from_tensor = importance(sae, val)
+    assert from_store.n_tokens == 600 and from_store.source["split"] == "validation"
+    assert importance(sae, tmp_path / "old").source["split"] == "train"  # a store without validation: never test
     for stat in ("ef2", "freq", "mean"):
         assert torch.allclose(from_store.score(stat), from_tensor.score(stat), rtol=1e-6, atol=1e-9)
     on_train = importance(sae, ActivationStore(tmp_path / "acts"), split="train")
+    write_store(tmp_path / "test-only", {"test": test}, shard_tokens=128)
+    with pytest.raises(ProgsaeError, match="no validation or train split"):
+        importance(sae, tmp_path / "test-only")
     assert on_train.n_tokens == 500 and not torch.allclose(on_train.score("ef2"), from_store.score("ef2"))
     with pytest.raises(ProgsaeError, match="no 'valid' split"):
         importance(sae, tmp_path / "acts", split="valid")
@@ -102,7 +107,7 @@ def test_width_mismatch_is_a_one_line_error():
 
 def test_cli_writes_statistics_orderings_power_law_and_figure(tmp_path, capsys):
     g = torch.Generator().manual_seed(3)
-    write_store(tmp_path / "acts", {"test": torch.randn(600, D, generator=g)}, shard_tokens=256)
+    write_store(tmp_path / "acts", {"validation": torch.randn(600, D, generator=g)}, shard_tokens=256)
     hand_sae().save(tmp_path / "sae")
     rc = main(["importance", str(tmp_path / "sae"), "--acts", str(tmp_path / "acts"), "--out", str(tmp_path / "imp.json"), "--bootstrap", "20"])
     assert rc == 0
@@ -134,7 +139,7 @@ def test_importance_over_a_store_larger_than_the_cap_runs_in_bounded_memory(tmp_
     cap = 1 << 20
     store_bytes = rows * d * 4
     acts = torch.randn(rows, d, generator=torch.Generator().manual_seed(4))
-    path = write_store(tmp_path / "big", {"test": acts}, shard_tokens=rows // 2)  # two 8 MiB shards
+    path = write_store(tmp_path / "big", {"validation": acts}, shard_tokens=rows // 2)  # two 8 MiB shards
     sae = hand_sae(d=d, n=n, k=8)
     widest = 0
     encode = sae.encode
@@ -147,7 +152,7 @@ def test_importance_over_a_store_larger_than_the_cap_runs_in_bounded_memory(tmp_
 
     sae.encode = spying_encode
     per_batch = rows_per_batch(d, n, cap)
-    chunks, total, _ = iter_activation_rows(path, "test", per_batch)
+    chunks, total, _ = iter_activation_rows(path, "validation", per_batch)
     assert total == rows and max(c.nbytes for c in chunks) <= cap
     try:
         Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS mark (Linux)

@@ -8,8 +8,9 @@ import pytest
 from progsae.cli import main
 from progsae.study import pipeline
 
-RECORD_KEYS = {"method", "size", "mode", "fvu", "mse", "l0", "ce_recaptured_zero", "ce_recaptured_mean",
-               "delta_ce", "kl", "rsa", "cka", "interp"}
+METRIC_KEYS = {"fvu", "mse", "l0", "dead", "ce_recaptured_zero", "ce_recaptured_mean", "delta_ce", "kl", "rsa", "rsa_full",
+               "cka", "interp"}
+RECORD_KEYS = {"seed", "folder", "method", "size", "mode"} | METRIC_KEYS | {f"{m}_ci" for m in METRIC_KEYS}
 METHODS = {"vanilla", "matryoshka", "pruned-ef2", "pruned-freq", "pruned-unsorted", "pruned-random"}
 
 
@@ -63,30 +64,40 @@ def test_resume_keeps_the_metric_finished_before_the_interruption(quick_run):
 
 def test_quick_preset_writes_every_file_with_the_schema(quick_run):
     out, _, _ = quick_run
-    for rel in ("report.md", "report.html", "results.json", "power_law.json", "timings.json", "findings.json",
-                "figures/power_law.png", "figures/fvu.png", "figures/ce_recaptured_zero.png", "figures/delta_ce.png",
+    for rel in ("report.md", "report.html", "results.json", "seed-0/power_law.json", "seed-1/power_law.json", "timings.json",
+                "findings.json", "rows.json", "figures/power_law-seed-0.png", "figures/fvu.png", "figures/ce_recaptured_zero.png", "figures/delta_ce.png",
                 "figures/rsa.png", "figures/interp_bands.png"):
         assert (out / rel).stat().st_size > 0, rel
     records = json.loads((out / "results.json").read_text())
-    assert records and all(set(r) == RECORD_KEYS for r in records)
-    assert {r["method"] for r in records} == METHODS
+    assert records and all(set(r) - {"full_size_copy"} == RECORD_KEYS for r in records)
+    assert {r["method"] for r in records} == METHODS and {r["seed"] for r in records} == {0, 1}
     cfg = json.loads((out / "config.json").read_text())
     sizes = cfg["train"]["granularities"]
     for method in METHODS - {"vanilla"}:
         for mode in ("mask", "retopk"):
-            got = sorted(r["size"] for r in records if r["method"] == method and r["mode"] == mode)
+            got = sorted(r["size"] for r in records if r["method"] == method and r["mode"] == mode and r["seed"] == 0)
             assert got == sizes, (method, mode)
     for r in records:
         assert 0 <= r["fvu"] < 1.5 and r["l0"] > 0 and -1 <= r["rsa"] <= 1
         assert r["ce_recaptured_zero"] is not None and r["kl"] >= 0
+        for m in ("fvu", "rsa", "ce_recaptured_zero", "ce_recaptured_mean", "kl"):  # every number has its interval
+            lo, hi = r[f"{m}_ci"]
+            assert lo <= r[m] <= hi, (r["folder"], m)
+        if r["size"] < sizes[-1]:
+            assert r["rsa_full"] is not None and r["rsa_full_ci"] is not None
+    full = [r for r in records if r["size"] == sizes[-1]]
+    assert sum(not r.get("full_size_copy") for r in full) == 2 * 2  # vanilla-n and matryoshka-n, once per seed
+    rows = json.loads((out / "rows.json").read_text())
+    assert set(rows) == {"train", "validation", "test"} and all(r["rule"]["factor"] == 5.0 for r in rows.values())
     # pruning keeps the nesting: the mask-mode effective L0 grows with the size for the sorted family
-    ef2 = sorted((r["size"], r["l0"]) for r in records if r["method"] == "pruned-ef2" and r["mode"] == "mask")
+    ef2 = sorted((r["size"], r["l0"]) for r in records if r["method"] == "pruned-ef2" and r["mode"] == "mask" and r["seed"] == 0)
     assert [l0 for _, l0 in ef2] == sorted(l0 for _, l0 in ef2)
-    power_law = json.loads((out / "power_law.json").read_text())
-    assert power_law["alpha"] > 0 and 0 <= power_law["r2"] <= 1
+    power_law = json.loads((out / "seed-0" / "power_law.json").read_text())
+    assert power_law["alpha"] > 0 and 0 <= power_law["r2"] <= 1 and power_law["split"] == "validation"
     timings = json.loads((out / "timings.json").read_text())
-    assert set(timings["train"]) == {f"vanilla-{g}" for g in sizes} | {f"matryoshka-{sizes[-1]}"}
+    assert set(timings["train"]) == {"0", "1"}
+    assert set(timings["train"]["0"]) == {f"vanilla-{g}" for g in sizes} | {f"matryoshka-{sizes[-1]}"}
     assert all(timings["stages"][s] > 0 for s in ("collect", "train", "evaluate"))
     findings = json.loads((out / "findings.json").read_text())
-    assert len(findings) == 5 and all(f["verdict"] in {"supported", "not supported", "mixed", "not measured"} for f in findings)
+    assert len(findings) >= 5 and all(f["verdict"] in {"supported", "contradicted", "mixed", "inconclusive"} for f in findings)
     assert "data:image/png;base64," in (out / "report.html").read_text()

@@ -27,3 +27,33 @@ def int_list(text: str) -> list[int]:
 
 def float_list(text: str) -> list[float]:
     return _converted(text, float, "numbers")
+
+
+def add_outlier_arguments(p: argparse.ArgumentParser) -> None:
+    """--outlier-factor / --keep-outliers: the massive-activation rows readers drop (progsae.data.outliers)."""
+    from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR
+
+    p.add_argument("--outlier-factor", type=float, default=DEFAULT_OUTLIER_FACTOR,
+                   help=f"drop rows whose norm exceeds this multiple of the median train-row norm (default {DEFAULT_OUTLIER_FACTOR:g})")
+    p.add_argument("--keep-outliers", action="store_true", help="keep every row, massive-activation tokens included")
+
+
+def open_store(args: argparse.Namespace, splits: tuple[str, ...] = ()):
+    """The store at args.acts under the verb's outlier rule; prints what the rule drops from `splits`."""
+    from progsae.data.store import ActivationStore
+    from progsae.errors import ProgsaeError
+
+    if not args.keep_outliers and not args.outlier_factor > 1:
+        raise ProgsaeError(f"--outlier-factor must exceed 1 (rows above factor x the median norm are dropped), got {args.outlier_factor}")
+    store = ActivationStore(args.acts, outlier_factor=None if args.keep_outliers else args.outlier_factor)
+    report_outliers(store, splits)
+    return store
+
+
+def report_outliers(store, splits: tuple[str, ...]) -> None:
+    """One line per split: how many rows the store's rule drops."""
+    from progsae.data.outliers import describe
+
+    for split in splits:
+        if store.has_split(split):
+            print("progsae: " + describe(store.outliers(split)))

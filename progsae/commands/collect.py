@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--corpus", default=d.corpus, help=f"text source (default {d.corpus})")
     p.add_argument("--tokens", type=int, default=d.tokens, help=f"train activations to store (default {d.tokens})")
     p.add_argument("--test-tokens", type=int, default=d.test_tokens, help=f"held-out activations to store (default {d.test_tokens})")
+    p.add_argument("--validation-tokens", type=int, default=None,
+                   help="activations of the validation split, which orderings and other data-driven choices read (default: as many as --test-tokens)")
     p.add_argument("--context-length", type=int, default=d.context_length, help=f"tokens per context (default {d.context_length})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"contexts per forward (default {d.batch_size})")
     p.add_argument("--dtype", default=d.storage_dtype, choices=STORAGE_DTYPES, help="storage dtype of the activations")
@@ -30,7 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="first stored position of each context (default 1: leave out BOS / the first token)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the document order and train/test split")
     p.add_argument("--test-fraction", type=float, default=None,
-                   help="share of documents in the test split (default: tokens ratio, clipped to 0.02..0.5)")
+                   help="share of documents in the test split (default: tokens ratio, clipped to 0.02..0.4)")
+    p.add_argument("--validation-fraction", type=float, default=None,
+                   help="share of documents in the validation split (default: tokens ratio, clipped to 0.02..0.4)")
     p.add_argument("--shard-tokens", type=int, default=d.shard_tokens, help="activations per shard file (rounded to whole contexts)")
     p.add_argument("--text-field", default=d.text_field, help="text field of .jsonl files and datasets (default text)")
     p.add_argument("--dataset-config", default=None, help="Hugging Face dataset config name")
@@ -51,13 +55,19 @@ def run(args: argparse.Namespace) -> int:
         model=args.model, hook=args.hook, corpus=args.corpus, tokens=args.tokens, test_tokens=args.test_tokens,
         context_length=args.context_length, batch_size=args.batch_size, storage_dtype=args.dtype,
         first_position=args.first_position, seed=args.seed, test_fraction=args.test_fraction,
+        validation_tokens=args.validation_tokens, validation_fraction=args.validation_fraction,
         shard_tokens=args.shard_tokens, device=args.device, text_field=args.text_field,
         dataset_config=args.dataset_config, dataset_split=args.dataset_split,
     )
     out = collect(cfg, args.out)
     from progsae.data.store import ActivationStore
 
+    from progsae.data.outliers import describe
+
     store = ActivationStore(out)
-    print(f"wrote {out}: {store.num_tokens('train') if cfg.tokens else 0} train and "
-          f"{store.num_tokens('test') if cfg.test_tokens else 0} test activations of {cfg.model} {cfg.hook} (d_model {store.d_model})")
+    counts = ", ".join(f"{store.stored_tokens(s)} {s}" for s in ("train", "validation", "test") if store.has_split(s))
+    print(f"wrote {out}: {counts} activations of {cfg.model} {cfg.hook} (d_model {store.d_model})")
+    for s in ("train", "validation", "test"):
+        if store.has_split(s):
+            print("  readers drop outliers: " + describe(store.outliers(s)))
     return 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import comma_list, int_list
+from progsae.commands.arguments import add_outlier_arguments, comma_list, int_list, open_store
 from progsae.errors import ProgsaeError
 
 
@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="language model for ce (default: the store's model, e.g. smollm2)")
     p.add_argument("--hook", default=None, help="hook site for ce (default: the store's hook)")
     p.add_argument("--split", default="test", help="store split to evaluate on (default test)")
+    add_outlier_arguments(p)
     p.add_argument("--max-tokens", type=int, default=None, help="rows used by recon (default: the whole split)")
     p.add_argument("--ce-contexts", type=int, default=32, help="contexts scored by ce (default 32)")
     p.add_argument("--ce-batch-size", type=int, default=8, help="contexts per forward in ce (default 8)")
@@ -68,7 +69,6 @@ def parse_saes(specs: list[str]) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from progsae.data.store import ActivationStore
     from progsae.evals.interp.score import InterpConfig
     from progsae.evals.lm_loss import LMLossConfig
     from progsae.evals.reconstruction import ReconstructionConfig
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in args.mode if m not in ("mask", "retopk")]
     if bad:
         raise ProgsaeError(f"unknown mode {bad} (use mask, retopk or mask,retopk)")
-    store = ActivationStore(args.acts)
+    store = open_store(args, (args.split,))
     saes = {name: load_sae(folder, device=args.device) for name, folder in parse_saes(args.saes).items()}
     cfg = EvalRunConfig(
         metrics=args.metrics,

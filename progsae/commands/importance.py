@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from progsae.commands.arguments import add_outlier_arguments, open_store, report_outliers
 from progsae.errors import ProgsaeError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sae", help="SAE folder (cfg.json + sae.safetensors, or a format `progsae import` reads)")
     p.add_argument("--acts", required=True, help="activation store folder")
-    p.add_argument("--split", default="test", help="store split to measure on (default: test, the held-out split)")
+    p.add_argument("--split", default=None,
+                   help="store split to measure on (default: validation, else train; never test, whose rows the evals score)")
     p.add_argument("--out", required=True, help="importance JSON file to write")
+    add_outlier_arguments(p)
     p.add_argument("--figure", default=None, help="power-law PNG to write (default: OUT with .png; 'none' to skip)")
     p.add_argument("--statistic", default="ef2", choices=["ef2", "freq", "mean"], help="importance the power law is fitted to")
     p.add_argument("--fit-range", nargs=2, type=float, default=None, metavar=("LO", "HI"),
@@ -37,7 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.max_memory_mb <= 0:
         raise ProgsaeError(f"--max-memory-mb must be positive, got {args.max_memory_mb}")
     sae = load_sae(args.sae, device=args.device)
-    imp = importance(sae, args.acts, split=args.split, max_memory_bytes=int(args.max_memory_mb * 2**20), seed=args.seed, progress=True)
+    store = open_store(args)
+    split = args.split or store.choice_split()
+    report_outliers(store, (split,))
+    imp = importance(sae, store, split=split, max_memory_bytes=int(args.max_memory_mb * 2**20), seed=args.seed, progress=True)
     imp.source["sae_path"] = str(args.sae)
     settings = PowerLawSettings(n_boot=args.bootstrap, seed=args.seed)
     if args.fit_range is not None:

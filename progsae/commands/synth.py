@@ -22,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--features", type=int, default=d.n_features, help=f"planted features (default {d.n_features})")
     p.add_argument("--tokens", type=int, default=d.tokens, help=f"train tokens (default {d.tokens})")
     p.add_argument("--test-tokens", type=int, default=None, help="held-out tokens (default max(1000, tokens/10))")
+    p.add_argument("--validation-tokens", type=int, default=None, help="validation tokens (default: as many as test)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--freq-exponent", type=float, default=d.freq_exponent, help=f"beta in p_i ∝ i^-beta (default {d.freq_exponent})")
     p.add_argument("--mean-active", type=float, default=d.mean_active, help=f"features per token on average (default {d.mean_active:g})")
@@ -37,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         n_features=args.features,
         tokens=args.tokens,
         test_tokens=args.test_tokens,
+        validation_tokens=args.validation_tokens,
         seed=args.seed,
         freq_exponent=args.freq_exponent,
         mean_active=args.mean_active,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progsae.commands.arguments import float_list, int_list
+from progsae.commands.arguments import add_outlier_arguments, float_list, int_list, open_store
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     p.add_argument("--acts", required=True, help="activation store folder")
     p.add_argument("--out", required=True, help="SAE folder to write")
+    add_outlier_arguments(p)
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
     p.add_argument("--latents", type=int, required=True, help="dictionary size n")
     p.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
@@ -84,7 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from progsae.train.metrics import read_metrics
 
     try:
-        sae = train_sae(args.acts, args.out, config_from_args(args), resume=args.resume, progress=not args.quiet)
+        cfg = config_from_args(args)
+        store = open_store(args, ("train",))
+        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
         return 130

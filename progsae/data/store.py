@@ -6,6 +6,10 @@ Layout of a store folder:
     test-00000.safetensors ...
 Rows of a text shard follow its contexts in order: context c contributes rows for positions
 first_position..L-1, so row r maps back to (context, position) without storing positions.
+
+Readers never see outlier rows unless asked to: a row whose norm exceeds `outlier_factor` × the
+median row norm of the reference split (train, else validation, else test) is dropped by every
+reader of the store (see `progsae.data.outliers`). The store on disk keeps every row.
 """
 
 from __future__ import annotations
@@ -19,12 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR, OutlierRule, outlier_summary
 from progsae.errors import ProgsaeError
 from progsae.sae.io import atomic_save_safetensors, atomic_write_json
 
 META_FILE = "meta.json"
+CONTEXT_BLOCK = 128  # rows per sampling/bootstrap unit of a store without contexts
 STORE_FORMAT = "progsae-activations"
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None, "I32": np.int32, "I64": np.int64}
 
 
@@ -74,7 +80,7 @@ class ShardInfo:
 class ActivationStore:
     """Read access to a store folder: per-split shards, memory-mapped, and batch iterators."""
 
-    def __init__(self, path):
+    def __init__(self, path, outlier_factor: float | None = DEFAULT_OUTLIER_FACTOR):
         self.path = Path(path)
         meta_path = self.path / META_FILE
         if not self.path.is_dir():
@@ -88,6 +94,9 @@ class ActivationStore:
         if self.meta.get("format") != STORE_FORMAT:
             raise ProgsaeError(f"{meta_path}: not a progsae activation store")
         self.d_model: int = int(self.meta["d_model"])
+        self.outlier_factor = outlier_factor  # None keeps every row
+        self._norms: dict[tuple[str, int], np.ndarray] = {}
+        self._rule: OutlierRule | None = None
 
     def check_sae(self, sae, name: str = "SAE") -> None:
         """Refuse an SAE made for other activations: a different width or hook site.
@@ -105,20 +114,182 @@ class ActivationStore:
             raise ProgsaeError(f"{self.path}: store has no '{split}' split (has {sorted(self.meta['splits'])})")
         return [ShardInfo(**s) for s in self.meta["splits"][split]["shards"]]
 
-    def num_tokens(self, split: str) -> int:
+    def has_split(self, split: str) -> bool:
+        return split in self.meta["splits"] and self.stored_tokens(split) > 0
+
+    def choice_split(self) -> str:
+        """The split data-driven choices (orderings, ablation means) read: validation, else train, never test."""
+        for split in ("validation", "train"):
+            if self.has_split(split):
+                return split
+        raise ProgsaeError(f"{self.path}: no validation or train split to choose on; pass the split explicitly "
+                           "(choosing on test rows that are then scored flatters the choice)")
+
+    def stored_tokens(self, split: str) -> int:
+        """Rows on disk, outliers included."""
         return sum(s.tokens for s in self.shards(split))
 
+    def num_tokens(self, split: str) -> int:
+        """Rows a reader sees: the stored rows less the dropped outliers."""
+        return sum(self.kept_counts(split))
+
+    # ---- outlier rows ---------------------------------------------------------------------------
+    def row_norms(self, split: str, index: int) -> np.ndarray:
+        """‖x‖ of every stored row of one shard [T] (float32; computed once per store object)."""
+        key = (split, index)
+        if key not in self._norms:
+            out = np.empty(self.shards(split)[index].tokens, dtype=np.float32)
+            for s0, part in self.read_chunks(split, index, self.summary_rows()):
+                out[s0 : s0 + part.shape[0]] = np.sqrt(np.einsum("ij,ij->i", part, part, dtype=np.float64))
+            self._norms[key] = out
+        return self._norms[key]
+
+    @property
+    def outlier_rule(self) -> OutlierRule | None:
+        """The norm threshold readers apply (None when every row is kept)."""
+        if self.outlier_factor is None:
+            return None
+        if self._rule is None:
+            ref = next((s for s in SPLITS if self.has_split(s)), None)
+            if ref is None:
+                raise ProgsaeError(f"{self.path}: the store holds no rows")
+            norms = np.concatenate([self.row_norms(ref, i) for i in range(len(self.shards(ref)))])
+            finite = norms[np.isfinite(norms)]  # non-finite rows are kept, so that readers refuse them by name
+            self._rule = OutlierRule(factor=float(self.outlier_factor), median_norm=float(np.median(finite)) if finite.size else float("inf"),
+                                     reference_split=ref)
+        return self._rule
+
+    def keep_mask(self, split: str, index: int) -> np.ndarray | None:
+        """Which stored rows of a shard readers see [T] bool; None when all of them."""
+        rule = self.outlier_rule
+        if rule is None:
+            return None
+        keep = ~(self.row_norms(split, index) > rule.threshold)
+        return None if keep.all() else keep
+
+    def kept_counts(self, split: str) -> list[int]:
+        """Rows readers see, per shard."""
+        if self.outlier_factor is None:
+            return [s.tokens for s in self.shards(split)]
+        out = []
+        for i, info in enumerate(self.shards(split)):
+            keep = self.keep_mask(split, i)
+            out.append(info.tokens if keep is None else int(keep.sum()))
+        return out
+
+    def outliers(self, split: str) -> dict:
+        """What the outlier rule drops from a split: count, positions, variance share (see outlier_summary)."""
+        return outlier_summary(self, split)
+
+    # ---- contexts -------------------------------------------------------------------------------
+    @property
+    def rows_per_context(self) -> int:
+        """Stored rows per context; stores with no contexts (synthetic) are read in blocks of CONTEXT_BLOCK rows."""
+        length = self.meta.get("context_length")
+        return int(length) - self.first_position if length else CONTEXT_BLOCK
+
+    def context_counts(self, split: str) -> list[int]:
+        """Contexts (or blocks of rows) per shard."""
+        rpc = self.rows_per_context
+        return [-(-s.tokens // rpc) for s in self.shards(split)]
+
+    def num_contexts(self, split: str) -> int:
+        return sum(self.context_counts(split))
+
+    def sample_contexts(self, split: str, max_rows: int | None, seed: int = 0) -> np.ndarray:
+        """Sorted global indices of a seeded random sample of whole contexts holding about `max_rows` rows.
+
+        None (or a budget at least the split) takes every context, in store order."""
+        total = self.num_contexts(split)
+        if max_rows is None or max_rows >= self.stored_tokens(split):
+            return np.arange(total)
+        n = min(total, max(1, -(-max_rows // self.rows_per_context)))
+        return np.sort(np.random.default_rng([seed, total]).choice(total, size=n, replace=False))
+
+    def iter_context_rows(self, split: str, contexts: np.ndarray | None = None, max_rows: int = 8192,
+                          dtype: torch.dtype = torch.float32) -> Iterator[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
+        """Kept rows of the given contexts (all when None), in store order, in chunks of whole contexts.
+
+        Yields (x [B, D], context [B] = position of each row's context in `contexts`, position [B] in
+        its context). Outlier rows are left out, so a context can yield fewer rows than it stores."""
+        rpc = self.rows_per_context
+        counts = self.context_counts(split)
+        contexts = np.arange(sum(counts)) if contexts is None else np.asarray(contexts)
+        per_chunk = max(1, max_rows // rpc)
+        start = 0
+        for i, (info, n_ctx) in enumerate(zip(self.shards(split), counts)):
+            lo, hi = np.searchsorted(contexts, [start, start + n_ctx])
+            if hi > lo:
+                acts = self.shard(split, i)["acts"]
+                keep = self.keep_mask(split, i)
+                for c0 in range(lo, hi, per_chunk):
+                    local = contexts[c0 : min(hi, c0 + per_chunk)] - start
+                    rows = (local[:, None] * rpc + np.arange(rpc)[None, :]).reshape(-1)
+                    ctx = np.repeat(np.arange(c0, c0 + local.shape[0]), rpc)
+                    pos = np.tile(np.arange(rpc), local.shape[0]) + self.first_position
+                    ok = rows < info.tokens
+                    if keep is not None:
+                        ok &= keep[np.minimum(rows, info.tokens - 1)]
+                    rows, ctx, pos = rows[ok], ctx[ok], pos[ok]
+                    if rows.shape[0]:
+                        yield as_tensor(acts[rows], dtype), ctx, pos
+            start += n_ctx
+
+    def context_tokens(self, split: str, contexts: np.ndarray) -> np.ndarray:
+        """Token ids [len(contexts), L] (int64) of the given global context indices of a text store."""
+        parts, start = [], 0
+        contexts = np.asarray(contexts)
+        for i, n_ctx in enumerate(self.context_counts(split)):
+            lo, hi = np.searchsorted(contexts, [start, start + n_ctx])
+            if hi > lo:
+                sh = self.shard(split, i)
+                if "token_ids" not in sh:
+                    raise ProgsaeError(f"{self.path}: shard {i} of '{split}' has no token_ids; the LM loss needs a store collected from text")
+                parts.append(np.asarray(sh["token_ids"][contexts[lo:hi] - start], dtype=np.int64))
+            start += n_ctx
+        if not parts:
+            raise ProgsaeError(f"{self.path}: no contexts to read from '{split}'")
+        return np.concatenate(parts)
+
+    def read_chunks(self, split: str, index: int, max_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows [<= max_rows, D]) of every stored row of one shard, in its storage dtype.
+
+        Plain file reads (np.fromfile at an offset), not the memory map: the process holds one chunk at
+        a time however large the shards are, and no mapped page stays resident."""
+        d = self.d_model
+        info = self.shards(split)[index]
+        if info.tokens == 0:
+            return
+        arr = self.shard(split, index)["acts"]
+        if arr.ndim != 2 or arr.shape[1] != d:
+            raise ProgsaeError(f"{self.path / info.file}: acts has shape {arr.shape}, meta.json says d_model={d}")
+        filename, base, itemsize, np_dtype, rows = arr.filename, arr.offset, arr.dtype.itemsize, arr.dtype, arr.shape[0]
+        del arr
+        for s0 in range(0, rows, max_rows):
+            count = min(max_rows, rows - s0)
+            yield s0, np.fromfile(filename, dtype=np_dtype, count=count * d, offset=base + s0 * d * itemsize).reshape(count, d)
+
+    def summary_rows(self) -> int:
+        """Rows per chunk for whole-split passes (norms, sums): about 512 KiB of float32."""
+        return max(1, (1 << 19) // (4 * self.d_model))
+
+    def iter_rows(self, split: str, max_rows: int = 8192, dtype: torch.dtype = torch.float32) -> Iterator[torch.Tensor]:
+        """Every kept row of a split in store order, in chunks of at most `max_rows` stored rows."""
+        for i in range(len(self.shards(split))):
+            keep = self.keep_mask(split, i)
+            for s0, part in self.read_chunks(split, i, max_rows):
+                if keep is not None:
+                    part = part[keep[s0 : s0 + part.shape[0]]]
+                if part.shape[0]:
+                    yield torch.from_numpy(part).to(dtype)
+
     def shard(self, split: str, index: int) -> dict[str, np.ndarray]:
-        """Memory-mapped arrays of one shard ("acts", and "token_ids" for text stores)."""
+        """Memory-mapped arrays of one shard ("acts", and "token_ids" for text stores), every stored row."""
         return mmap_safetensors(self.path / self.shards(split)[index].file)
 
     @property
     def first_position(self) -> int:
         return int(self.meta.get("first_position", 0))
-
-    def iter_shards(self, split: str) -> Iterator[np.ndarray]:
-        for i in range(len(self.shards(split))):
-            yield self.shard(split, i)["acts"]
 
     def _load_group(self, split, group, carry, shuffle, seed, epoch, g, dtype) -> torch.Tensor:
         """Rows of a buffer of shards (after the previous buffer's leftover), shuffled if asked.
@@ -126,7 +297,8 @@ class ActivationStore:
         Each shard is read straight into its shuffled places in one buffer, so peak memory is the buffer
         plus one shard (not the rows, their concatenation and a shuffled copy at once).
         """
-        sizes = ([carry.shape[0]] if carry is not None else []) + [self.shards(split)[i].tokens for i in group]
+        kept = self.kept_counts(split)
+        sizes = ([carry.shape[0]] if carry is not None else []) + [kept[i] for i in group]
         rows = torch.empty(sum(sizes), self.d_model, dtype=dtype)
         dest = torch.arange(rows.shape[0])
         if shuffle:
@@ -136,7 +308,8 @@ class ActivationStore:
             if carry is not None:
                 yield carry
             for i in group:
-                yield as_tensor(self.shard(split, i)["acts"], dtype)
+                acts, keep = self.shard(split, i)["acts"], self.keep_mask(split, i)
+                yield as_tensor(acts if keep is None else acts[keep], dtype)
 
         start = 0
         for size, part in zip(sizes, parts()):
@@ -166,7 +339,8 @@ class ActivationStore:
         is a pure function of (seed, batch index), so `start_batch` resumes it exactly.
         """
         infos = self.shards(split)
-        if not infos or sum(s.tokens for s in infos) == 0:
+        kept = self.kept_counts(split)
+        if not infos or sum(kept) == 0:
             raise ProgsaeError(f"{self.path}: the '{split}' split is empty")
         row_bytes = self.d_model * 4
         epoch = 0
@@ -179,7 +353,7 @@ class ActivationStore:
             budget = max_memory_bytes or (1 << 62)
             used = 0
             for i in order:
-                need = infos[i].tokens * row_bytes
+                need = kept[i] * row_bytes
                 if groups[-1] and used + need > budget:
                     groups.append([])
                     used = 0
@@ -187,7 +361,7 @@ class ActivationStore:
                 used += need
             carry: torch.Tensor | None = None
             for g, group in enumerate(groups):
-                n_rows = sum(infos[i].tokens for i in group) + (0 if carry is None else carry.shape[0])
+                n_rows = sum(kept[i] for i in group) + (0 if carry is None else carry.shape[0])
                 n_full = n_rows // batch_size
                 if produced + n_full <= start_batch:  # skip whole buffers without reading their rows
                     produced += n_full
@@ -220,7 +394,7 @@ class StoreWriter:
 
     def __init__(self, path, meta: dict, split: str, shard_tokens: int = 65536, storage_dtype: str = "float32"):
         if split not in SPLITS:
-            raise ProgsaeError(f"unknown split '{split}' (use train or test)")
+            raise ProgsaeError(f"unknown split '{split}' (use {', '.join(SPLITS)})")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.split = split

@@ -135,6 +135,7 @@ def make_synthetic(
     n_features: int = 512,
     tokens: int = 200_000,
     test_tokens: int | None = None,
+    validation_tokens: int | None = None,
     seed: int = 0,
     freq_exponent: float = 0.5,
     mean_active: float = 3.0,
@@ -147,7 +148,8 @@ def make_synthetic(
 ) -> Path:
     """Write an activation store (train + test splits) and true_features.safetensors to `out`; returns `out`.
 
-    test_tokens defaults to max(1000, tokens // 10). The result is a pure function of the arguments.
+    test_tokens defaults to max(1000, tokens // 10), validation_tokens to test_tokens (drawn after test, so
+    train and test do not depend on it). The result is a pure function of the arguments.
     """
     from progsae.data.store import META_FILE, StoreWriter
 
@@ -180,7 +182,8 @@ def make_synthetic(
     }
     meta = {"model": "synthetic", "hook": None, "d_model": d_model, "context_length": None, "synthetic": record}
     fired_F = torch.zeros(n_features, dtype=torch.long)
-    for split, count in (("train", spec.tokens), ("test", spec.test_tokens)):
+    n_val = spec.test_tokens if validation_tokens is None else int(validation_tokens)
+    for split, count in (("train", spec.tokens), ("test", spec.test_tokens), ("validation", n_val)):
         if count == 0:
             continue
         writer = StoreWriter(out, meta, split, shard_tokens=shard_tokens)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from progsae.errors import ProgsaeError
 from progsae.sae.base import SAE
 from progsae.sae.io import atomic_write_json
 
@@ -37,6 +39,16 @@ class Record(BaseModel):
     source: str = ""
     size: int | None = None
     mode: str | None = None
+    ci: dict[str, list[float] | None] = Field(default_factory=dict)  # metric -> 95% bootstrap interval over test contexts
+    _replicates: dict = PrivateAttr(default_factory=dict)  # metric -> [R] bootstrap replicates (not in the JSON)
+
+    def with_replicates(self, replicates: dict, level: float = 0.95) -> "Record":
+        """Attach replicates per metric and set each metric's interval from them."""
+        from progsae.evals.bootstrap import interval
+
+        self._replicates = dict(replicates)
+        self.ci = {m: interval(r, level) for m, r in replicates.items()}
+        return self
 
     @classmethod
     def header(cls, v: Variant) -> dict:
@@ -55,34 +67,13 @@ def sae_input(sae: SAE, x_BD: torch.Tensor) -> torch.Tensor:
     return x_BD.to(device=sae.W_enc.device, dtype=sae.W_enc.dtype)
 
 
-def iter_rows(store, split: str = "test", batch_size: int = 4096, max_tokens: int | None = None):
-    """Activation rows [B, D] of a split in store order, one batch in memory at a time."""
-    from progsae.data.store import as_tensor
-
-    left = store.num_tokens(split) if max_tokens is None else min(max_tokens, store.num_tokens(split))
-    for i in range(len(store.shards(split))):
-        acts = store.shard(split, i)["acts"]
-        for start in range(0, acts.shape[0], batch_size):
-            if left <= 0:
-                return
-            rows = as_tensor(acts[start : start + min(batch_size, left)])
-            left -= rows.shape[0]
-            yield rows
-
-
-def sample_rows(store, n: int, seed: int = 0, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded uniform sample of n distinct rows (sorted by store order) and their global row indices."""
-    import numpy as np
-
-    from progsae.data.store import as_tensor
-
-    total = store.num_tokens(split)
-    n = min(n, total)
-    idx = np.sort(np.random.default_rng(seed).choice(total, size=n, replace=False))
-    parts, start = [], 0
-    for i, info in enumerate(store.shards(split)):
-        lo, hi = np.searchsorted(idx, [start, start + info.tokens])
-        if hi > lo:
-            parts.append(as_tensor(store.shard(split, i)["acts"][idx[lo:hi] - start]))
-        start += info.tokens
-    return torch.cat(parts), torch.from_numpy(idx)
+def sample_rows(store, n: int, seed: int = 0, split: str = "test") -> tuple[torch.Tensor, np.ndarray]:
+    """Kept rows of a seeded random sample of whole contexts (about n rows), and each row's context (0..C-1)."""
+    contexts = store.sample_contexts(split, n, seed)
+    xs, ctxs = [], []
+    for x, ctx, _ in store.iter_context_rows(split, contexts):
+        xs.append(x)
+        ctxs.append(ctx)
+    if not xs:
+        raise ProgsaeError(f"{store.path}: the '{split}' split has no rows to sample")
+    return torch.cat(xs), np.concatenate(ctxs)

@@ -4,7 +4,11 @@ Per batch of contexts the model runs once in full (clean logits, the activation 
 the outputs of every block before the splice point). Each variant then runs only the rest of the
 model: the blocks before the splice point are temporarily given a forward that returns their
 cached clean output, so the model itself still computes embeddings, positions and masks, and the
-site hook swaps in the variant's activation. Position 0 (BOS) is never changed and never scored.
+site hook swaps in the variant's activation. Position 0 (BOS) is never changed and never scored;
+positions whose activation norm exceeds the store's outlier threshold (massive-activation tokens,
+see progsae.data.outliers) keep their original activation under every splice, SAE and ablations alike.
+Contexts are a seeded random sample of the test split; the mean-ablation vector is the mean of the
+validation split (else train), never of the rows scored. Sums are kept per context for bootstrap intervals.
 
     recaptured vs ablation A = (CE_A − CE_sae) / (CE_A − CE_clean),  A ∈ {zero, mean}
     ΔCE = CE_sae − CE_clean,  KL = mean over scored positions of KL(p_clean ‖ p_sae)
@@ -15,12 +19,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
 
+import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from progsae.data.hooks import HookSite
 from progsae.errors import ProgsaeError
+from progsae.evals.bootstrap import BootstrapConfig, resample_weights
 from progsae.evals.common import Record, Variant, sae_input
 
 Splice = Callable[[Tensor], Tensor]  # activation [B, T, D] -> replacement [B, T, D]
@@ -30,14 +36,18 @@ class LMLossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: str = "test"
-    contexts: int = 32  # contexts of the split to score (the first ones, in store order)
+    contexts: int = 32  # contexts of the split to score (a seeded random sample)
     batch_size: int = 8  # contexts per forward
-    mean_tokens: int = 100_000  # rows used for the mean-ablation vector
+    mean_split: str | None = None  # split of the mean-ablation vector; None: validation, else train
+    mean_tokens: int = 100_000  # rows (a seeded sample of whole contexts) for the mean-ablation vector
     shared_prefix: bool = True  # False: one full forward per variant (the slow reference)
+    seed: int = 0
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
 
 
 class LMLossResult(Record):
     tokens: int  # scored next-token predictions
+    contexts: int = 0
     ce_clean: float
     ce_sae: float
     ce_zero: float
@@ -49,27 +59,31 @@ class LMLossResult(Record):
 
 
 # ---- splicing ---------------------------------------------------------------------------------
-def keep_first(fn: Callable[[Tensor], Tensor]) -> Splice:
-    """A splice that applies fn to positions 1.. and leaves position 0 as it was."""
+def keep_first(fn: Callable[[Tensor], Tensor], max_norm: float | None = None) -> Splice:
+    """A splice that applies fn to positions 1.. and leaves position 0, and rows with norm > max_norm, as they were."""
 
     def splice(acts_BTD: Tensor) -> Tensor:
         out = acts_BTD.clone()
-        out[:, 1:] = fn(acts_BTD[:, 1:]).to(acts_BTD.dtype)
+        new = fn(acts_BTD[:, 1:]).to(acts_BTD.dtype)
+        if max_norm is not None:
+            keep = acts_BTD[:, 1:].float().norm(dim=-1, keepdim=True) > max_norm
+            new = torch.where(keep, acts_BTD[:, 1:], new)
+        out[:, 1:] = new
         return out
 
     return splice
 
 
-def sae_splice(sae) -> Splice:
+def sae_splice(sae, max_norm: float | None = None) -> Splice:
     def recon(a_BTD: Tensor) -> Tensor:
         flat = sae_input(sae, a_BTD.reshape(-1, a_BTD.shape[-1]))
         return sae(flat).to(a_BTD.device).reshape(a_BTD.shape)
 
-    return keep_first(recon)
+    return keep_first(recon, max_norm)
 
 
-def constant_splice(value_D: Tensor) -> Splice:
-    return keep_first(lambda a: value_D.to(device=a.device, dtype=a.dtype).expand_as(a))
+def constant_splice(value_D: Tensor, max_norm: float | None = None) -> Splice:
+    return keep_first(lambda a: value_D.to(device=a.device, dtype=a.dtype).expand_as(a), max_norm)
 
 
 def prefix_blocks(site: HookSite) -> int:
@@ -151,6 +165,10 @@ def position_stats(logits_BTV: Tensor, ids_BT: Tensor, p_clean_BTV: Tensor | Non
     return lse, tgt, dot
 
 
+def _ratio_or_none(num, den):
+    return num / den if den != 0 else None
+
+
 @torch.no_grad()
 def evaluate_lm_loss(
     model: nn.Module,
@@ -160,16 +178,24 @@ def evaluate_lm_loss(
     mean_D: Tensor,
     shared_prefix: bool = True,
     progress=None,
+    max_norm: float | None = None,
+    bootstrap: BootstrapConfig | None = None,
 ) -> list[LMLossResult]:
-    """CE_clean, CE_zero, CE_mean and per-variant CE/KL on the same token batches [B, T] (T >= 3)."""
+    """CE_clean, CE_zero, CE_mean and per-variant CE/KL on the same token batches [B, T] (T >= 3).
+
+    Rows of the activation with norm > max_norm keep their original value under every splice.
+    Each context is a bootstrap unit: every result carries intervals from resampled contexts."""
     runner = SharedPrefixRunner(model, site, shared_prefix)
     zero = torch.zeros_like(mean_D)
-    n = 0
-    ce_clean = ce_zero = ce_mean = 0.0
-    ce_v = [0.0] * len(variants)
-    kl_v = [0.0] * len(variants)
-    splices = [sae_splice(v.sae) for v in variants]
+    n_C: list[float] = []
+    clean_C: list[float] = []
+    zero_C: list[float] = []
+    mean_C: list[float] = []
+    sae_VC: list[list[float]] = [[] for _ in variants]
+    kl_VC: list[list[float]] = [[] for _ in variants]
+    splices = [sae_splice(v.sae, max_norm) for v in variants]
     device = next(model.parameters()).device
+    per_ctx = lambda t: t.sum(1).cpu().tolist()  # noqa: E731 - [B, T-2] -> B sums
     for ids_BT in batches:
         if ids_BT.shape[1] < 3:
             raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
@@ -178,71 +204,64 @@ def evaluate_lm_loss(
         p_c = logits[:, 1:-1].float().softmax(-1)
         lse_c, tgt_c, dot_c = position_stats(logits, ids_BT, p_c)
         del logits
-        neg_entropy = float((dot_c - lse_c).sum())  # Σ p_c log p_c over the scored positions
-        n += lse_c.numel()
-        ce_clean += float((lse_c - tgt_c).sum())
-        lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(zero)), ids_BT)
-        ce_zero += float((lse - tgt).sum())
-        lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(mean_D)), ids_BT)
-        ce_mean += float((lse - tgt).sum())
+        neg_entropy = dot_c - lse_c  # p_c log p_c per scored position
+        n_C += [float(lse_c.shape[1])] * lse_c.shape[0]
+        clean_C += per_ctx(lse_c - tgt_c)
+        lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(zero, max_norm)), ids_BT)
+        zero_C += per_ctx(lse - tgt)
+        lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(mean_D, max_norm)), ids_BT)
+        mean_C += per_ctx(lse - tgt)
         for i, splice in enumerate(splices):
             lse, tgt, dot = position_stats(runner.variant(ids_BT, splice), ids_BT, p_c)
-            ce_v[i] += float((lse - tgt).sum())
-            kl_v[i] += neg_entropy - float((dot - lse).sum())
+            sae_VC[i] += per_ctx(lse - tgt)
+            kl_VC[i] += per_ctx(neg_entropy - (dot - lse))
         del p_c
         if progress is not None:
-            progress(ids_BT.numel())
-    if n == 0:
+            progress(ids_BT.shape[0])
+    if not n_C:
         raise ProgsaeError("no tokens to score for the LM loss")
-    c, z, m = ce_clean / n, ce_zero / n, ce_mean / n
+    bootstrap = bootstrap or BootstrapConfig()
+    W = np.vstack([np.ones(len(n_C)), resample_weights(len(n_C), bootstrap.replicates, bootstrap.seed)])
+    n = W @ np.asarray(n_C)
+    c, z, m = (W @ np.asarray(a) / n for a in (clean_C, zero_C, mean_C))
     out = []
-    for v, ce, kl in zip(variants, ce_v, kl_v):
-        s = ce / n
-        out.append(
-            LMLossResult(
-                **Record.header(v),
-                tokens=n,
-                ce_clean=c,
-                ce_sae=s,
-                ce_zero=z,
-                ce_mean=m,
-                ce_recaptured_zero=(z - s) / (z - c) if z != c else None,
-                ce_recaptured_mean=(m - s) / (m - c) if m != c else None,
-                delta_ce=s - c,
-                kl=kl / n,
-            )
+    for v, sae_C, kl_C in zip(variants, sae_VC, kl_VC):
+        s_ = W @ np.asarray(sae_C) / n
+        kl = W @ np.asarray(kl_C) / n
+        with np.errstate(divide="ignore", invalid="ignore"):
+            reps = {"ce_clean": c, "ce_sae": s_, "ce_zero": z, "ce_mean": m, "ce_recaptured_zero": (z - s_) / (z - c),
+                    "ce_recaptured_mean": (m - s_) / (m - c), "delta_ce": s_ - c, "kl": kl}
+        rec = LMLossResult(
+            **Record.header(v), tokens=int(n[0]), contexts=len(n_C),
+            ce_clean=float(c[0]), ce_sae=float(s_[0]), ce_zero=float(z[0]), ce_mean=float(m[0]),
+            ce_recaptured_zero=_ratio_or_none(float(z[0] - s_[0]), float(z[0] - c[0])),
+            ce_recaptured_mean=_ratio_or_none(float(m[0] - s_[0]), float(m[0] - c[0])),
+            delta_ce=float(s_[0] - c[0]), kl=float(kl[0]),
         )
+        out.append(rec.with_replicates({k: r[1:] for k, r in reps.items()}, bootstrap.level))
     return out
 
 
 # ---- from an activation store ------------------------------------------------------------------
-def store_mean(store, split: str | None = None, max_tokens: int = 100_000) -> Tensor:
-    """Mean activation [D] over (up to max_tokens of) the train split, else the test split; float64 sums."""
-    from progsae.evals.common import iter_rows
+def store_mean(store, split: str | None = None, max_tokens: int = 100_000, seed: int = 0) -> Tensor:
+    """Mean kept activation [D] over a seeded sample of whole contexts (about max_tokens rows) of `split`.
 
-    split = split or ("train" if "train" in store.meta["splits"] and store.num_tokens("train") else "test")
+    Default split: validation, else train (never the test rows the LM loss is scored on); float64 sums."""
+    split = split or store.choice_split()
     total = torch.zeros(store.d_model, dtype=torch.float64)
     n = 0
-    for x in iter_rows(store, split, 8192, max_tokens):
+    for x, _, _ in store.iter_context_rows(split, store.sample_contexts(split, max_tokens, seed)):
         total += x.double().sum(0)
         n += x.shape[0]
     return (total / max(n, 1)).float()
 
 
-def store_token_batches(store, split: str, contexts: int, batch_size: int) -> Iterator[Tensor]:
-    """The first `contexts` token contexts [B, L] of a text store, in batches."""
-    left = contexts
-    for i in range(len(store.shards(split))):
-        sh = store.shard(split, i)
-        if "token_ids" not in sh:
-            raise ProgsaeError(f"{store.path}: shard {i} of '{split}' has no token_ids; the LM loss needs a store collected from text")
-        ids = sh["token_ids"]
-        for c0 in range(0, ids.shape[0], batch_size):
-            if left <= 0:
-                return
-            b = torch.from_numpy(ids[c0 : c0 + min(batch_size, left)].astype("int64"))
-            left -= b.shape[0]
-            yield b
+def store_token_batches(store, split: str, contexts: int, batch_size: int, seed: int = 0) -> Iterator[Tensor]:
+    """A seeded random sample of `contexts` token contexts [B, L] of a text store, in batches (store order)."""
+    chosen = store.sample_contexts(split, contexts * store.rows_per_context, seed)[:contexts]
+    ids = store.context_tokens(split, chosen)
+    for c0 in range(0, ids.shape[0], batch_size):
+        yield torch.from_numpy(ids[c0 : c0 + batch_size])
 
 
 def evaluate_lm_loss_from_store(store, model: nn.Module, site: HookSite, variants: list[Variant], cfg: LMLossConfig | None = None, progress=None) -> list[LMLossResult]:
@@ -250,6 +269,8 @@ def evaluate_lm_loss_from_store(store, model: nn.Module, site: HookSite, variant
     for v in variants:
         if v.sae.d_in != store.d_model:
             raise ProgsaeError(f"{v.name}: SAE d_in={v.sae.d_in} but the store has d_model={store.d_model}")
-    mean_D = store_mean(store, max_tokens=cfg.mean_tokens)
-    batches = store_token_batches(store, cfg.split, cfg.contexts, cfg.batch_size)
-    return evaluate_lm_loss(model, site, batches, variants, mean_D, cfg.shared_prefix, progress)
+    mean_D = store_mean(store, cfg.mean_split, cfg.mean_tokens, cfg.seed)
+    batches = store_token_batches(store, cfg.split, cfg.contexts, cfg.batch_size, cfg.seed)
+    rule = store.outlier_rule
+    return evaluate_lm_loss(model, site, batches, variants, mean_D, cfg.shared_prefix, progress,
+                            max_norm=None if rule is None else rule.threshold, bootstrap=cfg.bootstrap)

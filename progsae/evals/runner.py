@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from progsae.errors import ProgsaeError
 from progsae.evals.common import Variant, write_json
@@ -66,6 +66,29 @@ class EvalResults(BaseModel):
     interp: list[InterpResult] = Field(default_factory=list)
     records: list[dict[str, Any]] = Field(default_factory=list)
     bands: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    _replicates: dict = PrivateAttr(default_factory=dict)  # variant -> flat metric -> [R] (see replicates_path)
+
+    @property
+    def replicates(self) -> dict[str, dict[str, Any]]:
+        """Bootstrap replicates per variant and flat metric name; paired across variants within a metric."""
+        return self._replicates
+
+
+def replicates_path(results_path: str | Path) -> Path:
+    """Where the bootstrap replicates of a results file live: beside it, `<name>.replicates.safetensors`."""
+    p = Path(results_path)
+    return p.with_name(p.stem + ".replicates.safetensors")
+
+
+def load_results(path: str | Path) -> EvalResults:
+    """A results file with its replicates (when the file beside it exists)."""
+    from progsae.evals.bootstrap import load_replicates
+
+    res = EvalResults.model_validate_json(Path(path).read_text())
+    rp = replicates_path(path)
+    if rp.exists():
+        res._replicates = load_replicates(rp)
+    return res
 
 
 # ---- variants ----------------------------------------------------------------------------------
@@ -98,13 +121,13 @@ def interp_bands(sae, sizes: list[int] | None) -> list[tuple[int, int]]:
 
 # ---- the run -----------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _bar(desc: str, total: int, enabled: bool) -> Iterator:
+def _bar(desc: str, total: int, enabled: bool, unit: str = "tok") -> Iterator:
     if not enabled:
         yield None
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit="tok", unit_scale=True, dynamic_ncols=True, leave=False) as bar:
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "tok", dynamic_ncols=True, leave=False) as bar:
         yield bar.update
 
 
@@ -155,11 +178,11 @@ def run_evals(
         variants=[VariantInfo(name=v.name, source=v.source, size=v.size, mode=v.mode) for v in variants],
     )
     if "recon" in cfg.metrics:
-        total = min(store.num_tokens(cfg.recon.split), cfg.recon.max_tokens or 1 << 62)
+        total = store.num_tokens(cfg.recon.split) if cfg.recon.max_tokens is None else min(store.num_tokens(cfg.recon.split), cfg.recon.max_tokens)
         with _bar("reconstruction", total, progress) as upd:
             res.reconstruction = evaluate_reconstruction(store, variants, cfg.recon, upd)
     if "rsa" in cfg.metrics:
-        with _bar("similarity", len(variants), progress) as upd:
+        with _bar("similarity", len(variants), progress, unit="variant") as upd:
             res.similarity = evaluate_similarity(store, variants, cfg.rsa, upd)
     tokenizer = None
     if "ce" in cfg.metrics:
@@ -174,13 +197,16 @@ def run_evals(
             model_and_tokenizer = load_model(model_name, device=next(iter(saes.values())).W_enc.device)
         model, tokenizer = model_and_tokenizer
         site = resolve_hook(model, hook_name)
-        with _bar("lm loss", cfg.ce.contexts * int(store.meta.get("context_length") or 0), progress) as upd:
+        with _bar("lm loss", min(cfg.ce.contexts, store.num_contexts(cfg.ce.split)), progress, unit="ctx") as upd:
             res.lm_loss = evaluate_lm_loss_from_store(store, model, site, variants, cfg.ce, upd)
     if "interp" in cfg.metrics:
         res.interp = _run_interp(store, saes, cfg, tokenizer, model_name, out_path, progress)
     res.records = summary_records(res, cfg.modes)
     res.bands = {r.source: {b.band: b.model_dump() for b in r.bands} for r in res.interp}
     if out_path is not None:
+        from progsae.evals.bootstrap import save_replicates
+
+        save_replicates(replicates_path(out_path), res.replicates)
         write_json(out_path, res)
     return res
 
@@ -221,26 +247,41 @@ def _tokenizer_or_none(model_name: str):
 
 
 # ---- summary -----------------------------------------------------------------------------------
+# flat record name -> (result list, field) for every metric a summary row carries
+FLAT_METRICS = {
+    "fvu": ("reconstruction", "fvu"), "mse": ("reconstruction", "mse"), "l0": ("reconstruction", "l0"),
+    "cosine": ("reconstruction", "cosine"), "dead": ("reconstruction", "dead_fraction"),
+    "dense": ("reconstruction", "dense_fraction"), "explained_variance": ("reconstruction", "explained_variance"),
+    "ce_clean": ("lm_loss", "ce_clean"), "ce_sae": ("lm_loss", "ce_sae"),
+    "ce_recaptured_zero": ("lm_loss", "ce_recaptured_zero"), "ce_recaptured_mean": ("lm_loss", "ce_recaptured_mean"),
+    "delta_ce": ("lm_loss", "delta_ce"), "kl": ("lm_loss", "kl"),
+    "rsa": ("similarity", "rsa_original"), "cka": ("similarity", "cka_original"),
+    "rsa_full": ("similarity", "rsa_full"), "cka_full": ("similarity", "cka_full"),
+}
+
+
 def summary_records(res: EvalResults, modes: list[str]) -> list[dict[str, Any]]:
-    """One flat row per (method, size, mode); the full-size variant is repeated under each mode."""
+    """One flat row per (method, size, mode) with `<metric>_ci` beside each metric; the full-size variant
+    is repeated under each mode. Fills res.replicates under the same flat names."""
     by_variant: dict[str, dict[str, Any]] = {}
-    for r in res.reconstruction:
-        by_variant.setdefault(r.variant, {}).update(fvu=r.fvu, mse=r.mse, l0=r.l0, cosine=r.cosine, dead=r.dead_fraction)
-    for r in res.lm_loss:
-        by_variant.setdefault(r.variant, {}).update(
-            ce_clean=r.ce_clean, ce_sae=r.ce_sae, ce_recaptured_zero=r.ce_recaptured_zero,
-            ce_recaptured_mean=r.ce_recaptured_mean, delta_ce=r.delta_ce, kl=r.kl,
-        )
-    for r in res.similarity:
-        by_variant.setdefault(r.variant, {}).update(rsa=r.rsa_original, cka=r.cka_original, rsa_full=r.rsa_full)
+    for flat, (kind, field) in FLAT_METRICS.items():
+        for r in getattr(res, kind):
+            row = by_variant.setdefault(r.variant, {})
+            row[flat] = getattr(r, field)
+            row[f"{flat}_ci"] = r.ci.get(field)
+            if field in r._replicates:
+                res._replicates.setdefault(r.variant, {})[flat] = r._replicates[field]
     interp_by_source = {r.source: r for r in res.interp}
     rows = []
     for v in res.variants:
         vals = by_variant.get(v.name, {})
         ir = interp_by_source.get(v.source)
         if ir is not None and v.size is not None:
+            from progsae.evals.interp.score import bootstrap_mean
+
             kept = [ls.score for ls in ir.latents if ls.score is not None and ls.latent < v.size]
-            vals = {**vals, "interp": sum(kept) / len(kept) if kept else None}
+            mean, lo, hi = bootstrap_mean(kept, 1000, 0.95, 0)
+            vals = {**vals, "interp": mean, "interp_ci": None if lo is None else [lo, hi]}
         for mode in [v.mode] if v.mode else modes:
             rows.append({"variant": v.name, "method": v.source, "size": v.size, "mode": mode, **vals})
     return rows

@@ -160,28 +160,6 @@ class Importance:
 
 
 # ---- reading activations in bounded memory --------------------------------------------------
-def iter_store_rows(store, split: str, max_rows: int) -> Iterator[Tensor]:
-    """Consecutive chunks of at most `max_rows` rows of one split, read from the shard files.
-
-    Reads with plain file reads (np.fromfile at an offset) rather than touching the memory map,
-    so the process holds one chunk at a time however large the shards are.
-    """
-    d = store.d_model
-    for i, info in enumerate(store.shards(split)):
-        if info.tokens == 0:
-            continue
-        arr = store.shard(split, i)["acts"]
-        if arr.ndim != 2 or arr.shape[1] != d:
-            raise ProgsaeError(f"{store.path / info.file}: acts has shape {arr.shape}, meta.json says d_model={d}")
-        filename, base, itemsize = arr.filename, arr.offset, arr.dtype.itemsize
-        dtype, rows = arr.dtype, arr.shape[0]
-        del arr
-        for start in range(0, rows, max_rows):
-            count = min(max_rows, rows - start)
-            chunk = np.fromfile(filename, dtype=dtype, count=count * d, offset=base + start * d * itemsize)
-            yield torch.from_numpy(chunk.reshape(count, d)).to(torch.float32)
-
-
 def iter_activation_rows(acts, split: str, max_rows: int) -> tuple[Iterator[Tensor], int, dict[str, Any]]:
     """(chunks of rows, total rows, description) for a store folder, an ActivationStore or a [T, D] tensor."""
     from progsae.data.store import ActivationStore
@@ -195,7 +173,8 @@ def iter_activation_rows(acts, split: str, max_rows: int) -> tuple[Iterator[Tens
         return chunks, int(acts.shape[0]), {"kind": "tensor", "tokens": int(acts.shape[0])}
     store = acts if isinstance(acts, ActivationStore) else ActivationStore(acts)
     total = store.num_tokens(split)
-    return iter_store_rows(store, split, max_rows), total, {"kind": "store", "path": str(store.path), "split": split, "tokens": total}
+    source = {"kind": "store", "path": str(store.path), "split": split, "tokens": total, "outliers": store.outliers(split)}
+    return store.iter_rows(split, max_rows), total, source
 
 
 def rows_per_batch(d_in: int, n_latents: int, max_memory_bytes: int, batch_size: int | None = None) -> int:
@@ -210,7 +189,7 @@ def importance(
     sae,
     acts,
     *,
-    split: str = "test",
+    split: str | None = None,
     max_memory_bytes: int = DEFAULT_MAX_MEMORY,
     batch_size: int | None = None,
     seed: int = 0,
@@ -218,14 +197,16 @@ def importance(
 ) -> Importance:
     """Measure every latent's importance over held-out activations in one pass and bounded memory.
 
-    `acts` is an activation store folder (its `split`, "test" by default), an ActivationStore, or a
-    [T, d_in] tensor. Works for any SAE with the contract (encode, W_dec, cfg), Matryoshka included.
+    `acts` is an activation store folder (its `split`; by default validation, else train: an ordering
+    must not be chosen on the test rows it is then scored on), an ActivationStore (outlier rows dropped by its rule),
+    or a [T, d_in] tensor. Works for any SAE with the contract (encode, W_dec, cfg), Matryoshka included.
     """
     d, n = sae.W_dec.shape[1], sae.W_dec.shape[0]
     if isinstance(acts, (str, Path, ActivationStore)):
         acts = acts if isinstance(acts, ActivationStore) else ActivationStore(acts)
         if hasattr(sae, "cfg"):
             acts.check_sae(sae)
+        split = split or acts.choice_split()
     rows = rows_per_batch(d, n, max_memory_bytes, batch_size)
     chunks, total, source = iter_activation_rows(acts, split, rows)
     if total == 0:

@@ -1,11 +1,15 @@
 """`progsae reproduce`: the study of PAPER.md as six resumable stages over one run folder.
 
-    acts/                 activation store (train + test)                      [collect]
-    saes/<name>/          vanilla-n, matryoshka-n, vanilla-G baselines       [train]
-    importance.json, power_law.json, figures/power_law.png                    [importance]
-    families/<method>-<G>-<mode>/  pruned and prefix SAEs, families.json      [families]
-    evals/*.json, results.json                                                [evaluate]
-    report.md, report.html, figures/*.png, timings.json                       [report]
+    acts/                         activation store (train, validation, test)                  [collect]
+    rows.json                     rows each split loses to the outlier rule                   [train]
+    seed-<s>/saes/<name>/         vanilla-n, matryoshka-n, vanilla-G baselines, per seed      [train]
+    seed-<s>/importance.json, seed-<s>/power_law.json, figures/power_law-seed-<s>.png        [importance]
+    seed-<s>/families/<method>-<G>-<mode>/   pruned and prefix SAEs; families.json             [families]
+    evals/<metric>.json (+ .replicates.safetensors), evals/bands.json, results.json          [evaluate]
+    report.md, report.html, figures/*.png, timings.json, findings.json                        [report]
+
+Choices read validation rows (importance orderings, the mean-ablation vector, interpretability
+explanations); every reported number reads test rows, with bootstrap intervals over test contexts.
 """
 
 from __future__ import annotations
@@ -31,13 +35,28 @@ def store_path(ctx: RunContext) -> Path:
     return ctx.path("acts")
 
 
+def open_store(ctx: RunContext):
+    """The run's store under the study's outlier rule."""
+    from progsae.data.store import ActivationStore
+
+    return ActivationStore(store_path(ctx), outlier_factor=ctx.cfg.outlier_factor)
+
+
+def seed_dir(seed: int) -> str:
+    return f"seed-{seed}"
+
+
 def sae_specs(cfg: StudyConfig) -> dict[str, dict]:
-    """The SAEs the study trains, by folder name: TrainConfig overrides for each."""
+    """The SAEs the study trains per seed, by folder name: TrainConfig overrides for each."""
     g, n = cfg.train.granularities, cfg.n_latents
     specs = {f"vanilla-{n}": {"n_latents": n}, f"matryoshka-{n}": {"n_latents": n, "matryoshka": list(g)}}
     if cfg.train.size_matched_baselines:
         specs.update({f"vanilla-{size}": {"n_latents": size} for size in g[:-1]})
     return specs
+
+
+def sae_folders(cfg: StudyConfig) -> list[str]:
+    return [f"{seed_dir(s)}/saes/{name}" for s in cfg.seeds for name in sae_specs(cfg)]
 
 
 # ---- 1. collect ---------------------------------------------------------------------------------
@@ -52,53 +71,72 @@ def run_collect(ctx: RunContext) -> dict:
 
 # ---- 2. train -----------------------------------------------------------------------------------
 def run_train(ctx: RunContext) -> dict:
-    from progsae.data.store import ActivationStore
+    from progsae.data.outliers import describe
+    from progsae.data.store import SPLITS
     from progsae.train import TrainConfig, train_sae
 
     t = ctx.cfg.train
-    store = ActivationStore(store_path(ctx))
+    store = open_store(ctx)
+    rows = {s: store.outliers(s) for s in SPLITS if store.has_split(s)}
+    atomic_write_json(ctx.path("rows.json"), rows)
+    for summary in rows.values():
+        print(f"[train] {describe(summary)}")
     tokens = int(t.epochs * store.num_tokens("train"))
-    seconds = {}
-    for name, spec in sae_specs(ctx.cfg).items():
-        folder = ctx.path("saes", name)
-        if (folder / "cfg.json").exists():  # finished earlier
-            sae = load_sae(folder)
-        else:
-            cfg = TrainConfig(arch=t.arch, k=t.k, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
-                              aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device,
-                              buffer_bytes=int(t.shuffle_buffer_gb * 2**30), **spec)
-            sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress)
-        seconds[name] = sae.cfg.provenance.get("wall_time_s")
+    seconds: dict[str, dict] = {}
+    for seed in ctx.cfg.seeds:
+        for name, spec in sae_specs(ctx.cfg).items():
+            folder = ctx.path(seed_dir(seed), "saes", name)
+            if (folder / "cfg.json").exists():  # finished earlier
+                sae = load_sae(folder)
+            else:
+                cfg = TrainConfig(arch=t.arch, k=t.k, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=seed,
+                                  aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device,
+                                  buffer_bytes=int(t.shuffle_buffer_gb * 2**30), **spec)
+                sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress)
+            seconds.setdefault(str(seed), {})[name] = sae.cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds}
 
 
 # ---- 3. importance ------------------------------------------------------------------------------
 def run_importance(ctx: RunContext) -> dict:
+    """Importance of each seed's vanilla SAE on the validation split (else train), and its power law."""
     from progsae.progressive import fit_power_law, importance
     from progsae.report.figures import power_law_figure
 
-    sae = load_sae(ctx.path("saes", f"vanilla-{ctx.cfg.n_latents}"), device=ctx.cfg.device)
-    imp = importance(sae, store_path(ctx), split="test", progress=ctx.progress)
-    values = imp.score("ef2")
-    fit = fit_power_law(values, seed=ctx.cfg.train.seed)  # defaults: LS over the middle of the live ranks, MLE + LR tests
-    imp.save(ctx.path("importance.json"), power_law=fit.to_dict())
-    atomic_write_json(ctx.path("power_law.json"), {"statistic": "ef2", "sae": f"vanilla-{ctx.cfg.n_latents}", **fit.to_dict()})
-    power_law_figure(values, ctx.path("figures", "power_law.png"), fit=fit, title=f"{ctx.cfg.data.model} {ctx.cfg.data.hook}")
-    return {"alpha": fit.alpha, "r2": fit.r2}
+    store = open_store(ctx)
+    n = ctx.cfg.n_latents
+    fits = {}
+    for seed in ctx.cfg.seeds:
+        sd = seed_dir(seed)
+        sae = load_sae(ctx.path(sd, "saes", f"vanilla-{n}"), device=ctx.cfg.device)
+        imp = importance(sae, store, split=store.choice_split(), seed=seed, progress=ctx.progress)
+        values = imp.score("ef2")
+        fit = fit_power_law(values, seed=seed)
+        imp.save(ctx.path(sd, "importance.json"), power_law=fit.to_dict())
+        atomic_write_json(ctx.path(sd, "power_law.json"), {"statistic": "ef2", "sae": f"{sd}/saes/vanilla-{n}",
+                                                          "split": imp.source.get("split"), **fit.to_dict()})
+        power_law_figure(values, ctx.path("figures", f"power_law-{sd}.png"), fit=fit,
+                         title=f"{ctx.cfg.data.model} {ctx.cfg.data.hook}, seed {seed}")
+        fits[str(seed)] = {"alpha": fit.alpha, "r2": fit.r2}
+    return {"power_law": fits}
 
 
 # ---- 4. families --------------------------------------------------------------------------------
 def family_members(cfg: StudyConfig) -> list[dict]:
-    """Every (method, size, mode) the study evaluates, with the folder that holds it."""
+    """Every (seed, method, size, mode) the study evaluates, with the folder that holds it."""
     g, n = cfg.train.granularities, cfg.n_latents
-    out = [{"method": "vanilla", "size": size, "mode": "full", "folder": f"saes/vanilla-{size}"}
-           for size in (g if cfg.train.size_matched_baselines else [n])]
-    out.append({"method": "matryoshka", "size": n, "mode": "full", "folder": f"saes/matryoshka-{n}"})
-    for size in g[:-1]:
-        for mode in cfg.eval.modes:
-            out += [{"method": f"pruned-{o}", "size": size, "mode": mode, "order": o, "folder": f"families/pruned-{o}-{size}-{mode}"}
-                    for o in PRUNE_ORDERS]
-            out.append({"method": "matryoshka", "size": size, "mode": mode, "order": "prefix", "folder": f"families/matryoshka-{size}-{mode}"})
+    out = []
+    for seed in cfg.seeds:
+        sd = seed_dir(seed)
+        out += [{"seed": seed, "method": "vanilla", "size": size, "mode": "full", "folder": f"{sd}/saes/vanilla-{size}"}
+                for size in (g if cfg.train.size_matched_baselines else [n])]
+        out.append({"seed": seed, "method": "matryoshka", "size": n, "mode": "full", "folder": f"{sd}/saes/matryoshka-{n}"})
+        for size in g[:-1]:
+            for mode in cfg.eval.modes:
+                out += [{"seed": seed, "method": f"pruned-{o}", "size": size, "mode": mode, "order": o,
+                         "folder": f"{sd}/families/pruned-{o}-{size}-{mode}"} for o in PRUNE_ORDERS]
+                out.append({"seed": seed, "method": "matryoshka", "size": size, "mode": mode, "order": "prefix",
+                            "folder": f"{sd}/families/matryoshka-{size}-{mode}"})
     return out
 
 
@@ -106,22 +144,25 @@ def run_families(ctx: RunContext) -> dict:
     from progsae.progressive import prune
 
     n = ctx.cfg.n_latents
-    parents = {"vanilla": load_sae(ctx.path("saes", f"vanilla-{n}")), "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"))}
     members = family_members(ctx.cfg)
-    for m in members:
-        if "order" not in m or ctx.path(m["folder"], "cfg.json").exists():
-            continue
-        parent_name = "matryoshka" if m["order"] == "prefix" else "vanilla"
-        pruned = prune(parents[parent_name], m["size"], order=m["order"], mode=m["mode"],
-                       importance=ctx.path("importance.json") if m["order"] != "prefix" else None,
-                       seed=ctx.cfg.train.seed, parent=f"saes/{parent_name}-{n}")
-        pruned.save(ctx.path(m["folder"]))
+    for seed in ctx.cfg.seeds:
+        sd = seed_dir(seed)
+        parents = {"vanilla": load_sae(ctx.path(sd, "saes", f"vanilla-{n}")), "matryoshka": load_sae(ctx.path(sd, "saes", f"matryoshka-{n}"))}
+        for m in members:
+            if m["seed"] != seed or "order" not in m or ctx.path(m["folder"], "cfg.json").exists():
+                continue
+            parent_name = "matryoshka" if m["order"] == "prefix" else "vanilla"
+            pruned = prune(parents[parent_name], m["size"], order=m["order"], mode=m["mode"],
+                           importance=ctx.path(sd, "importance.json") if m["order"] != "prefix" else None,
+                           seed=seed, parent=f"{sd}/saes/{parent_name}-{n}")
+            pruned.save(ctx.path(m["folder"]))
     atomic_write_json(ctx.path("families", "families.json"), members)
     return {"members": len(members)}
 
 
 # ---- 5. evaluate --------------------------------------------------------------------------------
 def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | None = None):
+    from progsae.evals.bootstrap import BootstrapConfig
     from progsae.evals.interp.score import InterpConfig
     from progsae.evals.lm_loss import LMLossConfig
     from progsae.evals.reconstruction import ReconstructionConfig
@@ -129,12 +170,13 @@ def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | Non
     from progsae.evals.similarity import SimilarityConfig
 
     e = cfg.eval
+    boot = BootstrapConfig(replicates=e.bootstrap_replicates, seed=e.seed)
     return EvalRunConfig(
         metrics=metrics, sizes=sizes, modes=list(e.modes),
         explainer=e.interp_explainer, llm_url=e.interp_llm_url, llm_model=e.interp_llm_model,
-        recon=ReconstructionConfig(max_tokens=e.recon_tokens),
-        ce=LMLossConfig(contexts=e.ce_contexts, batch_size=e.ce_batch_size),
-        rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed),
+        recon=ReconstructionConfig(max_tokens=e.recon_tokens, seed=e.seed, bootstrap=boot),
+        ce=LMLossConfig(contexts=e.ce_contexts, batch_size=e.ce_batch_size, seed=e.seed, bootstrap=boot),
+        rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed, bootstrap=boot),
         interp=InterpConfig(latents_per_band=e.interp_latents_per_band, seed=e.seed),
     )
 
@@ -143,32 +185,33 @@ def evaluate_metric(ctx: RunContext, metric: str, names: list[str], saes: Callab
     """One metric over the SAEs `names` (loaded by `saes()` only if needed), written to evals/<metric>.json.
 
     A file an interrupted attempt left is reused when it holds this metric with this config for these
-    SAEs; anything else there is evaluated again."""
+    SAEs (and its replicates); anything else there is evaluated again."""
     from pydantic import ValidationError
 
-    from progsae.data.store import ActivationStore
-    from progsae.evals.runner import EvalResults, run_evals  # noqa: F811
+    from progsae.evals.runner import load_results, replicates_path, run_evals
 
     path = ctx.path("evals", f"{metric}.json")
     run_cfg = eval_run_config(ctx.cfg, [metric], sizes)
     if path.exists():
         try:
-            done = EvalResults.model_validate_json(path.read_text())
-            if done.config == run_cfg and {v.source for v in done.variants} == set(names):
+            done = load_results(path)
+            if done.config == run_cfg and {v.source for v in done.variants} == set(names) and replicates_path(path).exists():
                 return done
-        except (ValidationError, ValueError):
+        except (ValidationError, ValueError, OSError):
             pass  # torn or foreign: evaluate again
         path.unlink()
     # the LM for recaptured CE is the store's model, loaded by run_evals on the SAEs' device
-    return run_evals(ActivationStore(store_path(ctx)), saes(), run_cfg, out_path=path, progress=ctx.progress)
+    return run_evals(open_store(ctx), saes(), run_cfg, out_path=path, progress=ctx.progress)
+
+
+RECORD_METRICS = ("fvu", "mse", "l0", "dead", "ce_recaptured_zero", "ce_recaptured_mean", "delta_ce", "kl", "rsa", "rsa_full", "cka")
 
 
 def run_evaluate(ctx: RunContext) -> dict:
-    """Each metric over every family member, then interpretability by band over the two full-size parents.
+    """Each metric over every family member of every seed, then interpretability by band over each seed's parents.
 
     Metrics are written one file each as they finish (evals/<metric>.json), so an interrupted stage
-    resumes at the first unfinished metric.
-    """
+    resumes at the first unfinished metric. Every variant is named by its folder."""
     cfg = ctx.cfg
     members = json.loads(ctx.path("families", "families.json").read_text())
     folders = sorted({m["folder"] for m in members})
@@ -184,23 +227,33 @@ def run_evaluate(ctx: RunContext) -> dict:
             by_folder[r["method"]].update(r)
     bands, interp_by_method = {}, {}
     if "interp" in cfg.eval.metrics:
+        n = cfg.n_latents
+
         def parents():
             from progsae.progressive import sort_sae
 
-            n = cfg.n_latents
-            vanilla = load_sae(ctx.path("saes", f"vanilla-{n}"), device=cfg.device)
-            return {"pruned-ef2": sort_sae(vanilla, "ef2", importance=ctx.path("importance.json")),
-                    "matryoshka": load_sae(ctx.path("saes", f"matryoshka-{n}"), device=cfg.device)}
+            out = {}
+            for seed in cfg.seeds:
+                sd = seed_dir(seed)
+                vanilla = load_sae(ctx.path(sd, "saes", f"vanilla-{n}"), device=cfg.device)
+                out[f"{sd}/pruned-ef2"] = sort_sae(vanilla, "ef2", importance=ctx.path(sd, "importance.json"))
+                out[f"{sd}/matryoshka"] = load_sae(ctx.path(sd, "saes", f"matryoshka-{n}"), device=cfg.device)
+            return out
 
-        ires = evaluate_metric(ctx, "interp", ["pruned-ef2", "matryoshka"], parents, cfg.train.granularities)
-        bands = ires.bands
-        interp_by_method = {(r["method"], r["size"]): r.get("interp") for r in ires.records}
+        names = [f"{seed_dir(s)}/{m}" for s in cfg.seeds for m in ("pruned-ef2", "matryoshka")]
+        ires = evaluate_metric(ctx, "interp", names, parents, cfg.train.granularities)
+        for source, per_band in ires.bands.items():
+            sd, method = source.split("/", 1)
+            bands.setdefault(sd.removeprefix("seed-"), {})[method] = per_band
+        interp_by_method = {(r["method"], r["size"]): (r.get("interp"), r.get("interp_ci")) for r in ires.records}
     records = []
     for m in members:
         vals = by_folder[m["folder"]]
-        rec = {"method": m["method"], "size": m["size"], "mode": m["mode"]}
-        rec.update({k: vals.get(k) for k in ("fvu", "mse", "l0", "ce_recaptured_zero", "ce_recaptured_mean", "delta_ce", "kl", "rsa", "cka")})
-        rec["interp"] = interp_by_method.get((m["method"], m["size"]))
+        rec = {"seed": m["seed"], "method": m["method"], "size": m["size"], "mode": m["mode"], "folder": m["folder"]}
+        for k in RECORD_METRICS:
+            rec[k], rec[f"{k}_ci"] = vals.get(k), vals.get(f"{k}_ci")
+        method = m["method"] if m["method"] in ("pruned-ef2", "matryoshka") else None
+        rec["interp"], rec["interp_ci"] = interp_by_method.get((f"{seed_dir(m['seed'])}/{method}", m["size"]), (None, None))
         records.append(rec)
     records += full_size_rows(records, cfg)
     atomic_write_json(ctx.path("results.json"), records)
@@ -209,14 +262,27 @@ def run_evaluate(ctx: RunContext) -> dict:
 
 
 def full_size_rows(records: list[dict], cfg: StudyConfig) -> list[dict]:
-    """Each pruned family (and the Matryoshka prefixes) at G = n is the full SAE itself: repeat its row per mode."""
+    """Each pruned family (and the Matryoshka prefixes) at G = n is the full SAE itself: its row repeated per
+    mode, marked `full_size_copy` so that plots draw it and verdicts never count it twice."""
     n = cfg.n_latents
-    full = {r["method"]: r for r in records if r["size"] == n and r["mode"] == "full"}
     rows = []
-    for mode in cfg.eval.modes:
-        rows += [{**full["vanilla"], "method": f"pruned-{o}", "mode": mode} for o in PRUNE_ORDERS]
-        rows.append({**full["matryoshka"], "mode": mode})
+    for seed in cfg.seeds:
+        full = {r["method"]: r for r in records if r["seed"] == seed and r["size"] == n and r["mode"] == "full"}
+        for mode in cfg.eval.modes:
+            rows += [{**full["vanilla"], "method": f"pruned-{o}", "mode": mode, "full_size_copy": True} for o in PRUNE_ORDERS]
+            rows.append({**full["matryoshka"], "mode": mode, "full_size_copy": True})
     return rows
+
+
+def load_replicates(ctx: RunContext) -> dict[str, dict]:
+    """folder -> flat metric -> bootstrap replicates [R], from every evals/<metric>.replicates.safetensors."""
+    from progsae.evals.bootstrap import load_replicates as load_file
+
+    out: dict[str, dict] = {}
+    for path in sorted(ctx.path("evals").glob("*.replicates.safetensors")):
+        for variant, per in load_file(path).items():
+            out.setdefault(variant.split("@", 1)[0], {}).update(per)
+    return out
 
 
 # ---- 6. report ----------------------------------------------------------------------------------
@@ -228,7 +294,7 @@ def run_report(ctx: RunContext) -> dict:
 
 
 def timings(ctx: RunContext) -> dict:
-    """Seconds per finished stage and per SAE trained (from the stage markers)."""
+    """Seconds per finished stage and per SAE trained, per seed (from the stage markers)."""
     stages = {name: (read_marker(ctx.out, name) or {}).get("seconds") for name in STAGE_NAMES}
     train = (read_marker(ctx.out, "train") or {}).get("train_seconds", {})
     return {"n_latents": ctx.cfg.n_latents, "stages": stages, "train": train, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -237,11 +303,13 @@ def timings(ctx: RunContext) -> dict:
 STAGES = [
     # "device" is in no stage's key: moving a finished run to another device must not redo (or delete) it
     Stage("collect", ("data",), (), lambda cfg: ("acts/meta.json",), run_collect, owns=("acts",)),
-    Stage("train", ("train",), ("collect",), lambda cfg: tuple(f"saes/{s}/cfg.json" for s in sae_specs(cfg)),
-          run_train, owns=("saes",)),
-    Stage("importance", (), ("train",), lambda cfg: ("importance.json", "power_law.json", "figures/power_law.png"),
-          run_importance, owns=("importance.json", "power_law.json")),
-    Stage("families", ("eval",), ("importance",), lambda cfg: ("families/families.json",), run_families, owns=("families",)),
+    Stage("train", ("train", "outlier_factor"), ("collect",), lambda cfg: ("rows.json", *(f"{f}/cfg.json" for f in sae_folders(cfg))),
+          run_train, owns=lambda cfg: ("rows.json", *(f"{seed_dir(s)}/saes" for s in cfg.seeds))),
+    Stage("importance", (), ("train",),
+          lambda cfg: tuple(p for s in cfg.seeds for p in (f"{seed_dir(s)}/importance.json", f"{seed_dir(s)}/power_law.json")),
+          run_importance, owns=lambda cfg: tuple(p for s in cfg.seeds for p in (f"{seed_dir(s)}/importance.json", f"{seed_dir(s)}/power_law.json"))),
+    Stage("families", ("eval",), ("importance",), lambda cfg: ("families/families.json",), run_families,
+          owns=lambda cfg: ("families", *(f"{seed_dir(s)}/families" for s in cfg.seeds))),
     Stage("evaluate", ("eval",), ("families",), lambda cfg: ("results.json", "evals/bands.json"), run_evaluate,
           owns=("evals", "results.json")),
     Stage("report", (), ("evaluate",), lambda cfg: ("report.md", "report.html", "timings.json"), run_report,

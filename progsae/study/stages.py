@@ -30,7 +30,8 @@ class Stage:
     depends: tuple[str, ...]
     outputs: Callable[[StudyConfig], tuple[str, ...]]  # paths (relative to the run folder) that must exist when done
     run: Callable[["RunContext"], dict]  # returns extra facts to record (e.g. per-SAE timings)
-    owns: tuple[str, ...] = ()  # paths this stage writes; removed when it starts afresh (not when resuming)
+    # paths this stage writes (or a function of the config giving them); removed when it starts afresh, not when resuming
+    owns: tuple[str, ...] | Callable[[StudyConfig], tuple[str, ...]] = ()
 
 
 @dataclass
@@ -87,9 +88,9 @@ def start(stage: Stage, ctx: RunContext, forced: bool) -> None:
     except json.JSONDecodeError:
         stale = True
     if stale:
-        for rel in stage.owns:
+        for rel in stage.owns(ctx.cfg) if callable(stage.owns) else stage.owns:
             p = ctx.path(rel)
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)  # noqa: B018
         marker_path(ctx.out, stage.name).unlink(missing_ok=True)
     atomic_write_json(started, {"key": key})
 

@@ -7,23 +7,23 @@ import math
 import torch
 from torch import Tensor
 
-from progsae.data.store import ActivationStore, as_tensor
+from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 from progsae.sae.base import SAE
 
 
 def init_sample(store: ActivationStore, rows: int) -> Tensor:
-    """Up to `rows` training activations [S, D], evenly strided over the train split (deterministic)."""
+    """Up to `rows` training activations [S, D], evenly strided over the kept rows of the train split."""
     total = store.num_tokens("train")
     if total == 0:
         raise ProgsaeError(f"{store.path}: the 'train' split is empty")
     stride = max(1, total // rows)
     parts, offset = [], 0
-    for i, info in enumerate(store.shards("train")):
-        first = (-offset) % stride  # first row of this shard on the global stride grid
-        if first < info.tokens:
-            parts.append(as_tensor(store.shard("train", i)["acts"][first::stride]))
-        offset += info.tokens
+    for chunk in store.iter_rows("train", 65536):
+        first = (-offset) % stride  # first row of this chunk on the global stride grid
+        if first < chunk.shape[0]:
+            parts.append(chunk[first::stride].clone())
+        offset += chunk.shape[0]
     sample_SD = torch.cat(parts)[:rows]
     if not torch.isfinite(sample_SD).all():
         raise ProgsaeError(f"{store.path}: the train split contains NaN or inf activations")
