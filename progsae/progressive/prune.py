@@ -4,7 +4,12 @@ Two ways to encode with the kept set:
 - "mask": the parent's full encoder, permuted so the kept latents come first, with cfg.mask_size = G
   (encode() zeros latents >= G): codes equal the parent's codes with the dropped latents zeroed;
 - "retopk": a genuinely smaller SAE holding only the G kept latents; TopK runs within them with the
-  same k (clamped to G when k > G, recorded in provenance), BatchTopK/JumpReLU keep their thresholds.
+  same k (clamped to G when k > G, recorded in provenance), so L0 stays k. A BatchTopK SAE (its global
+  threshold was calibrated for all n latents, so kept as is it would give mask mode's codes) becomes a
+  TopK SAE of the G latents with the same k: per-row TopK within the kept set, cfg.architecture "topk",
+  the parent's architecture in provenance["prune"]["architecture_parent"]; at G = n nothing is dropped
+  and the SAE keeps its own rule (outputs unchanged). Matryoshka BatchTopK prefixes follow the same rule.
+  JumpReLU (per-latent thresholds) and ReLU are elementwise: their retopk codes equal mask mode's.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from torch import Tensor
 
 from progsae.errors import ProgsaeError
+from progsae.sae.registry import sae_class
 from progsae.progressive.importance import (
     CONTROLS,
     ORDERINGS,
@@ -168,7 +174,13 @@ def prune(
                 record["k_clamped_from"] = cfg.k  # TopK of k > G latents would keep all of them: k becomes G
         if keep_prefixes:
             changes["prefixes"] = [p for p in cfg.prefixes if p < g] + [g]
-        out = sae.select(perm[:g], **changes)
+        retopk_arch = getattr(sae, "retopk_architecture", None)
+        if retopk_arch and retopk_arch != cfg.architecture and g < sae.n_latents:
+            changes["architecture"] = retopk_arch  # BatchTopK: per-row TopK_k within the kept latents
+            record["architecture_parent"] = cfg.architecture
+            record["inference"] = f"per-row top-k within the {g} kept latents ({cfg.architecture}'s global threshold dropped)"
+        into = sae_class(changes["architecture"]) if "architecture" in changes else None
+        out = sae.select(perm[:g], into=into, **changes)
         record["k"] = out.cfg.k
     prov["prune"] = record
     out.cfg.provenance = prov

@@ -150,16 +150,24 @@ class SAE(nn.Module):
         return out
 
     @torch.no_grad()
-    def select(self, idx_G: Tensor, **cfg_changes) -> "SAE":
-        """A new SAE holding only the latents idx (in that order); cfg fields may be overridden."""
+    def select(self, idx_G: Tensor, into: type["SAE"] | None = None, **cfg_changes) -> "SAE":
+        """A new SAE holding only the latents idx (in that order); cfg fields may be overridden.
+
+        `into` builds another SAE class (with cfg_changes naming its architecture), keeping only the tensors
+        it holds: e.g. a BatchTopK SAE selected into TopKSAE drops its global threshold."""
         idx_G = torch.as_tensor(idx_G, dtype=torch.long, device=self.W_enc.device)
         changes = {"prefixes": None, "mask_size": None, **cfg_changes}
         cfg = replace(self.cfg, n_latents=int(idx_G.numel()), **changes)
         cfg.provenance = dict(cfg.provenance)
-        new = type(self)(cfg, device=self.W_enc.device, dtype=self.W_enc.dtype)
+        cls = into or type(self)
+        new = cls(cfg, device=self.W_enc.device, dtype=self.W_enc.dtype)
+        wanted = new.state_dict().keys()
+        dims = self.latent_tensors()
         state = {}
         for name, t in self.state_dict().items():
-            dim = self.latent_tensors().get(name)
+            if name not in wanted:
+                continue
+            dim = dims.get(name)
             state[name] = t.index_select(dim, idx_G).clone() if dim is not None else t.clone()
         new.load_state_dict(state)
         return new

@@ -23,6 +23,11 @@ class BatchTopKSAE(SAE):
     architecture = "batchtopk"
     extra_tensors = ("threshold",)
     batch_topk_training = True  # read by progsae.sae.sparse_step
+    # What a retopk-pruned copy (progsae.progressive.prune, G < n latents kept) becomes: a TopK SAE of the
+    # kept latents with the same k. The global threshold was calibrated for all n latents: within G of them
+    # it keeps only their share of the ~k codes per row (the codes of mask mode), while per-row TopK keeps
+    # k per row, as retopk means, without needing data to recalibrate a threshold.
+    retopk_architecture = "topk"
 
     def __init__(self, cfg: SAEConfig, device=None, dtype=None):
         super().__init__(cfg, device=device, dtype=dtype)
