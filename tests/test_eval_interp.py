@@ -81,11 +81,11 @@ def test_pearson_edge_cases():
 
 
 def test_max_contexts_limits_the_contexts_read(text_store):
-    """With max_contexts, top windows come only from the first contexts of the split."""
+    """Given contexts, top windows come only from them."""
     from progsae.evals.interp.examples import top_contexts
 
     store, ids = text_store
-    vals, ctx, pos, fired = top_contexts(store, planted_sae(), torch.tensor([0, 9]), 4, max_contexts=50, batch_contexts=7)
+    vals, ctx, pos, fired = top_contexts(store, planted_sae(), torch.tensor([0, 9]), 4, contexts=np.arange(50), batch_contexts=7)
     assert int(ctx.max()) < 50
     planted_count = int((ids[:50, FP:] == 1).sum())
     assert int(fired[0]) == planted_count  # latent 0 fires exactly on token 1

@@ -66,7 +66,8 @@ def text_store(tmp_path_factory):
     return make_text_store(tmp_path_factory.mktemp("text") / "store")[0]
 
 
-CFG = InterpConfig(bands=[(0, 8), (8, 16)], band_names=["planted", "random"], latents_per_band=3, explain_top=6, score_top=3, score_random=3, n_bootstrap=100)
+CFG = InterpConfig(bands=[(0, 8), (8, 16)], band_names=["planted", "random"], latents_per_band=3, explain_top=6, score_top=3, score_random=3, n_bootstrap=100,
+                   min_scored=3)  # 3 latents per band: measured with a lowered minimum
 
 
 def run(store, chat):

@@ -49,7 +49,7 @@ def test_cli_eval_writes_every_metric_for_every_size_and_mode(setup, capsys):
     out = root / "results.json"
     code = main(["eval", f"matryoshka={saes['matryoshka']}", f"vanilla={saes['vanilla']}", "--acts", str(store_path),
                  "--sizes", "16,32,64", "--mode", "mask,retopk", "--ce-contexts", "6", "--ce-batch-size", "3",
-                 "--rsa-tokens", "200", "--interp-latents", "3", "--out", str(out), "--no-progress"])
+                 "--rsa-tokens", "200", "--interp-latents", "5", "--out", str(out), "--no-progress"])
     assert code == 0
     res = json.loads(out.read_text())
     names = [v["name"] for v in res["variants"]]

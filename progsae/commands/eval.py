@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         recon=ReconstructionConfig(split=args.split, max_tokens=args.max_tokens),
         ce=LMLossConfig(split=args.split, contexts=args.ce_contexts, batch_size=args.ce_batch_size, shared_prefix=not args.full_forwards),
         rsa=SimilarityConfig(split=args.split, tokens=args.rsa_tokens, seed=args.seed),
-        interp=InterpConfig(split=args.split, latents_per_band=args.interp_latents, bands=args.bands, seed=args.seed),
+        interp=InterpConfig(score_split=args.split, latents_per_band=args.interp_latents, bands=args.bands, seed=args.seed),
     )
     res = run_evals(store, saes, cfg, out_path=args.out, progress=not args.no_progress)
     print(format_table(res))

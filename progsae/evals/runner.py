@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from progsae.errors import ProgsaeError
 from progsae.evals.common import Variant, write_json
-from progsae.evals.interp.score import InterpConfig, InterpResult, default_bands, evaluate_interp
+from progsae.evals.interp.score import InterpConfig, InterpResult, bootstrap_mean, default_bands, evaluate_interp, interp_rows
 from progsae.evals.lm_loss import LMLossConfig, LMLossResult
 from progsae.evals.reconstruction import ReconstructionConfig, ReconstructionResult, evaluate_reconstruction
 from progsae.evals.similarity import SimilarityConfig, SimilarityResult, evaluate_similarity
@@ -228,7 +228,7 @@ def _run_interp(store, saes, cfg: EvalRunConfig, tokenizer, model_name, out_path
     out = []
     for name, sae in saes.items():
         icfg = cfg.interp if cfg.interp.bands else cfg.interp.model_copy(update={"bands": interp_bands(sae, cfg.sizes)})
-        total = min(store.num_tokens(icfg.split), (icfg.max_contexts or 1 << 40) * max(1, int(store.meta.get("context_length") or 1)))
+        total = interp_rows(store, icfg)
         with _bar(f"interp {name}", total, progress) as upd:
             out.append(evaluate_interp(store, Variant(name=f"{name}@{sae.n_latents}", sae=sae, source=name, size=sae.n_latents), explainer, simulator, icfg, upd))
     return out
@@ -277,9 +277,7 @@ def summary_records(res: EvalResults, modes: list[str]) -> list[dict[str, Any]]:
         vals = by_variant.get(v.name, {})
         ir = interp_by_source.get(v.source)
         if ir is not None and v.size is not None:
-            from progsae.evals.interp.score import bootstrap_mean
-
-            kept = [ls.score for ls in ir.latents if ls.score is not None and ls.latent < v.size]
+            kept = ir.scores_below(v.size)
             mean, lo, hi = bootstrap_mean(kept, 1000, 0.95, 0)
             vals = {**vals, "interp": mean, "interp_ci": None if lo is None else [lo, hi]}
         for mode in [v.mode] if v.mode else modes:

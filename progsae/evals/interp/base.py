@@ -33,6 +33,9 @@ class Explanation:
 
 
 class Explainer(Protocol):
+    """Writes an explanation from a latent's explain windows. `name` goes into the result (and an
+    optional `description` attribute says what kind of explainer it is)."""
+
     name: str
 
     def explain(self, latent: int, examples: list[Example], max_act: float) -> Explanation: ...

@@ -1,9 +1,13 @@
-"""The LLM-free explainer and simulator: explanations are weighted tokens and two-token contexts.
+"""The LLM-free explainer and simulator: a token-identity baseline, not an LLM's explanation.
 
-The explainer weighs each token (and each previous-token → token pair) by the latent's mean
-normalised activation over its occurrences in the top examples, so a token that often appears
-without firing gets a low weight. The simulator predicts the pair weight when the pair is
-listed, else the token weight, else 0. Deterministic and fast enough for the embedded run.
+The "explanation" is a list of the tokens (and previous-token → token pairs) seen at the latent's
+top activations, each weighed by the latent's mean normalised activation over its occurrences in
+the explain windows, so a token that often appears without firing gets a low weight. The simulator
+predicts activation wherever those tokens appear: the pair weight when the pair is listed, else the
+token weight, else 0. It measures how far a latent is explained by token identity (plus one token
+of context); a latent about meaning beyond that scores low here even if an LLM could describe it.
+Deterministic and fast enough for the embedded run. Rows the store drops as outliers
+(`Example.keep` False) are not counted.
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from progsae.evals.interp.examples import Example
 
 @dataclass
 class TokenExplainer:
-    """Explanation = up to `max_tokens` tokens and `max_contexts` pairs with the highest weights."""
+    """Token-identity baseline: explanation = up to `max_tokens` tokens and `max_contexts` pairs with the highest weights."""
 
     max_tokens: int = 8
     max_contexts: int = 8
     min_weight: float = 0.05
     detokenize: Detokenize = default_detokenize
     name: str = "deterministic"
+    description: str = "token-identity baseline: lists the tokens at top activations; the simulator predicts activation where they appear (no LLM)"
 
     def explain(self, latent: int, examples: list[Example], max_act: float) -> Explanation:
         scale = max(max_act, max((max(e.acts, default=0.0) for e in examples), default=0.0), 1e-12)
@@ -33,6 +38,8 @@ class TokenExplainer:
         pair_n: dict[tuple[int, int], int] = defaultdict(int)
         for e in examples:
             for i, (t, a) in enumerate(zip(e.tokens, e.acts)):
+                if not e.kept(i):  # an outlier row: its activation is not known
+                    continue
                 w = max(a, 0.0) / scale
                 tok_sum[t] += w
                 tok_n[t] += 1
@@ -57,7 +64,7 @@ class TokenExplainer:
 
 @dataclass
 class TokenSimulator:
-    """Predicts a token's activation from the weighted tokens and contexts of a TokenExplainer explanation."""
+    """Predicts a token's activation from the weighted tokens and pairs of a TokenExplainer explanation (token identity only)."""
 
     name: str = "deterministic"
 

@@ -207,6 +207,7 @@ class LLMExplainer:
     detokenize: Detokenize = default_detokenize
     max_tokens: int = 48
     name: str = "llm"
+    description: str = "an LLM writes a one-phrase explanation from the marked top windows"
 
     def explain(self, latent: int, examples: list[Example], max_act: float) -> Explanation:
         answer = self.chat.complete(explain_messages(examples, max_act, self.detokenize), self.max_tokens)

@@ -1,10 +1,25 @@
 """Explain-then-simulate (Bills et al. 2023): Pearson score per latent, averaged per importance band.
 
-For latents sampled per band, the explainer sees top-activating windows; the simulator predicts
-per-token activations on held-out windows (other top-activating ones and random ones) from the
-explanation alone; the score is the Pearson correlation of predicted and true activations over
-all held-out tokens together. Bands are latent-index ranges of an importance-sorted SAE (or a
-Matryoshka SAE's groups); band means come with percentile bootstrap intervals.
+Leakage-free by construction:
+  * the explainer sees top-activating windows of the *explain* contexts (`explain_split`, default
+    validation) and the simulator is scored on windows of the *score* contexts (`score_split`,
+    default test). A store without the explain split (or asked to explain on the score split) is cut
+    into two seeded halves of the score split's contexts; the result says which (`explain_on`,
+    `score_on`). No context is ever both shown and scored.
+  * scoring windows are the latent's top-activating windows in the score contexts plus random
+    windows drawn per latent (seeded by (seed, latent)) from the score contexts only.
+  * rows the store drops as outliers (massive-activation tokens) are not present: they never make a
+    top context and their activation is neither shown (0) nor scored (the token is left out of the
+    correlation). See `progsae.evals.interp.examples`.
+
+Per band, `latents_per_band × candidate_factor` candidates are sampled (seeded); a candidate is
+*eligible* when it fires in at least `min_explain_contexts` explain contexts and
+`min_score_contexts` score contexts; the first `latents_per_band` eligible candidates (a seeded
+random sample of the band's eligible latents) are scored. The score is the Pearson correlation of
+predicted and true activations over all scored tokens of a latent together. A band with fewer than
+`min_scored` scored latents is *not measured*: no mean, no interval, and it enters no average.
+Bands are latent-index ranges of an importance-sorted SAE (or a Matryoshka SAE's groups); band
+means come with percentile bootstrap intervals over latents.
 """
 
 from __future__ import annotations
@@ -13,32 +28,42 @@ import math
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from progsae.errors import ProgsaeError
 from progsae.evals.common import Record, Variant
 from progsae.evals.interp.base import Explainer, Simulator
-from progsae.evals.interp.examples import LatentExamples, random_refs, top_contexts, window_examples
+from progsae.evals.interp.examples import LatentExamples, Side, SideScan, context_sides, random_refs, scan_side, window_examples
 
 
 class InterpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    split: str = "test"
+    explain_split: str = "validation"  # explanations are written from this split's contexts
+    # scores come from this split's contexts; `split` is accepted as its old name (and read back as .split)
+    score_split: str = Field("test", validation_alias=AliasChoices("score_split", "split"))
     bands: list[tuple[int, int]] | None = None  # [lo, hi) latent-index ranges; None: Matryoshka groups or quarters
     band_names: list[str] | None = None
     latents_per_band: int = 16
-    candidate_factor: int = 4  # pass 1 tracks this many candidates per wanted latent, to skip dead ones
-    explain_top: int = 10
-    score_top: int = 5
-    score_random: int = 5
+    candidate_factor: int = 4  # candidates sampled per wanted latent; eligible ones are scored
+    explain_top: int = 10  # top windows shown to the explainer (from the explain contexts)
+    score_top: int = 5  # top windows scored (from the score contexts)
+    score_random: int = 5  # random windows scored per latent (from the score contexts)
+    min_explain_contexts: int = Field(5, ge=1)  # eligible: fires in at least this many explain contexts...
+    min_score_contexts: int = Field(3, ge=1)  # ...and at least this many score contexts
+    min_scored: int = Field(5, ge=1)  # a band with fewer scored latents is not measured
     window_left: int = 15
     window_right: int = 4
-    max_contexts: int | None = None  # contexts of the split streamed in pass 1 (None: all)
+    max_contexts: int | None = None  # contexts read per side, the first in store order (None: all)
     batch_contexts: int = 32
     n_bootstrap: int = 1000
     confidence: float = 0.95
     seed: int = 0
+
+    @property
+    def split(self) -> str:
+        """The score split (the old name of the field)."""
+        return self.score_split
 
 
 class LatentScore(BaseModel):
@@ -47,10 +72,16 @@ class LatentScore(BaseModel):
     score: float | None
     max_act: float
     explanation: str
+    firing_frequency: float | None = None  # fraction of score-split tokens where it fires
 
 
 class BandScore(BaseModel):
-    """Mean score of a band of latents [start, end) with its bootstrap interval [lo, hi]."""
+    """Scores of a band of latents [start, end): mean with its bootstrap interval [lo, hi] when measured.
+
+    sampled: candidates drawn from the band; eligible: candidates firing in enough explain and score
+    contexts; scored (= latents): eligible latents that got a score; firing_frequency: their mean
+    fraction of score-split tokens where they fire; scores: the per-latent scores. measured is False
+    (mean, lo, hi None) when fewer than `min_scored` latents were scored."""
 
     band: str
     start: int
@@ -59,19 +90,48 @@ class BandScore(BaseModel):
     mean: float | None
     lo: float | None
     hi: float | None
+    sampled: int = 0
+    eligible: int = 0
+    scored: int = 0
+    firing_frequency: float | None = None
+    measured: bool = False
+    scores: list[float] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy(cls, data):
+        """Results written before these fields existed: scored = latents, measured when there is a mean."""
+        if isinstance(data, dict):
+            data = dict(data)
+            data.setdefault("scored", data.get("latents", 0))
+            data.setdefault("measured", data.get("mean") is not None)
+        return data
 
 
 class InterpResult(Record):
     explainer: str
     simulator: str
-    mean: float | None
+    mean: float | None  # over the scored latents of measured bands only
     bands: list[BandScore]
     latents: list[LatentScore]
+    explainer_description: str = ""
+    explain_on: str = ""  # "validation", or "test:half-1" for a seeded half of the score split
+    score_on: str = ""  # "test", or "test:half-2"
+    explain_contexts: int = 0
+    score_contexts: int = 0
+    score_tokens: int = 0  # kept rows of the score contexts (the firing-frequency denominator)
+
+    def scores_below(self, size: int | None = None) -> list[float]:
+        """Per-latent scores of the measured bands, of latents < size (all when None): what an average may use."""
+        measured = {b.band for b in self.bands if b.measured}
+        return [ls.score for ls in self.latents if ls.score is not None and ls.band in measured and (size is None or ls.latent < size)]
 
 
 def pearson(pred: list[float] | np.ndarray, true: list[float] | np.ndarray) -> float | None:
     """Correlation of predicted and true activations; 0 when the prediction is constant, None when the truth is."""
     p, t = np.asarray(pred, np.float64), np.asarray(true, np.float64)
+    if p.size == 0:
+        return None
     p, t = p - p.mean(), t - t.mean()
     sp, st = math.sqrt(float(p @ p)), math.sqrt(float(t @ t))
     if st == 0:
@@ -99,48 +159,83 @@ def default_bands(n_latents: int, prefixes: list[int] | None = None) -> list[tup
     return [(0, n_latents // 4), (n_latents // 4, n_latents // 2), (n_latents // 2, n_latents)]
 
 
-def _split_top(order: list[int], n_explain: int, n_score: int) -> tuple[list[int], list[int]]:
-    """Interleave the ranked top contexts so held-out ones span the same range as the shown ones."""
-    total = n_explain + n_score
-    step = total / max(n_score, 1)
-    held = {int(i * step + step / 2) for i in range(n_score)} if n_score else set()
-    score = [order[i] for i in range(min(total, len(order))) if i in held]
-    explain = [order[i] for i in range(min(total, len(order))) if i not in held]
-    return explain, score
+def interp_rows(store, cfg: InterpConfig) -> int:
+    """Rows pass 1 streams (explain and score contexts together): the total for a progress bar."""
+    explain, score = context_sides(store, cfg.explain_split, cfg.score_split, cfg.seed, cfg.max_contexts)
+    return store.rows_per_context * (explain.contexts.size + score.contexts.size)
+
+
+class Scan:
+    """Pass 1 over both sides for a list of latents, and which of them are eligible."""
+
+    def __init__(self, store, sae, latents: list[int], cfg: InterpConfig, sides: tuple[Side, Side] | None = None, progress=None):
+        self.latents = list(latents)
+        self.explain_side, self.score_side = sides or context_sides(store, cfg.explain_split, cfg.score_split, cfg.seed, cfg.max_contexts)
+        idx = torch.tensor(self.latents, dtype=torch.long)
+        self.explain: SideScan = scan_side(store, sae, idx, max(1, cfg.explain_top), self.explain_side, cfg.batch_contexts, progress)
+        self.score: SideScan = scan_side(store, sae, idx, max(1, cfg.score_top), self.score_side, cfg.batch_contexts, progress)
+        ok = (self.explain.fired_contexts >= cfg.min_explain_contexts) & (self.score.fired_contexts >= cfg.min_score_contexts)
+        self.eligible = {lat for lat, e in zip(self.latents, ok.tolist()) if e}
+        self.row = {lat: m for m, lat in enumerate(self.latents)}
 
 
 @torch.no_grad()
+def latent_examples(store, sae, scan: Scan, latents: list[int], cfg: InterpConfig) -> list[LatentExamples]:
+    """Explain windows (explain-side top contexts) and score windows (score-side top + per-latent random) of scanned latents."""
+    ex_side, sc_side = scan.explain_side, scan.score_side
+    explain_req, score_req, plan = [], [], []
+    for lat in latents:
+        m = scan.row[lat]
+        e0, s0 = len(explain_req), len(score_req)
+        for v, c, p in zip(scan.explain.values[m, : cfg.explain_top].tolist(), scan.explain.contexts[m].tolist(), scan.explain.positions[m].tolist()):
+            if v > 0:
+                explain_req.append((lat, c, p, "top"))
+        for v, c, p in zip(scan.score.values[m, : cfg.score_top].tolist(), scan.score.contexts[m].tolist(), scan.score.positions[m].tolist()):
+            if v > 0:
+                score_req.append((lat, c, p, "top"))
+        for c, p in random_refs(sc_side, cfg.score_random, cfg.seed, lat):
+            score_req.append((lat, c, p, "random"))
+        plan.append((m, lat, e0, len(explain_req), s0, len(score_req)))
+    w = (cfg.window_left, cfg.window_right)
+    ex = window_examples(store, sae, explain_req, *w, split=ex_side.split) if explain_req else []
+    sc = window_examples(store, sae, score_req, *w, split=sc_side.split) if score_req else []
+    rows = max(scan.score.rows, 1)
+    return [
+        LatentExamples(
+            latent=lat, max_act=max(float(scan.explain.values[m, 0]), 0.0), fired_tokens=int(scan.score.fired_tokens[m]),
+            explain=ex[e0:e1], score=sc[s0:s1], firing_frequency=int(scan.score.fired_tokens[m]) / rows,
+            explain_contexts=int(scan.explain.fired_contexts[m]), score_contexts=int(scan.score.fired_contexts[m]),
+        )
+        for m, lat, e0, e1, s0, s1 in plan
+    ]
+
+
 def collect_latent_examples(store, sae, latents: list[int], cfg: InterpConfig, progress=None) -> tuple[list[LatentExamples], list[int]]:
-    """Examples for the first live latents of each candidate list; returns them and the latents kept."""
-    n_top = cfg.explain_top + cfg.score_top
-    idx = torch.tensor(latents, dtype=torch.long)
-    vals, ctxs, poss, fired = top_contexts(store, sae, idx, n_top, cfg.split, cfg.batch_contexts, cfg.max_contexts, progress)
-    live = [(vals[m] > 0).all().item() for m in range(len(latents))]
-    rnd = random_refs(store, cfg.score_random, cfg.seed, cfg.split, cfg.max_contexts)
-    requests, plan = [], []
-    for m, lat in enumerate(latents):
-        if not live[m]:
-            continue
-        explain, score = _split_top(list(range(n_top)), cfg.explain_top, cfg.score_top)
-        first = len(requests)
-        for r in explain + score:
-            requests.append((lat, int(ctxs[m, r]), int(poss[m, r]), "top"))
-        for gc, pos in rnd:
-            requests.append((lat, gc, pos, "random"))
-        plan.append((m, lat, first, len(explain)))
-    examples = window_examples(store, sae, requests, cfg.window_left, cfg.window_right, cfg.split) if requests else []
-    out = []
-    per = n_top + len(rnd)
-    for m, lat, first, n_exp in plan:
-        ex = examples[first : first + per]
-        out.append(LatentExamples(latent=lat, max_act=float(vals[m, 0]), fired_tokens=int(fired[m]), explain=ex[:n_exp], score=ex[n_exp:]))
-    return out, [le.latent for le in out]
+    """Examples of the eligible latents among `latents`; returns them and the latents kept."""
+    scan = Scan(store, sae, latents, cfg, progress=progress)
+    kept = [lat for lat in latents if lat in scan.eligible]
+    return latent_examples(store, sae, scan, kept, cfg), kept
+
+
+def score_latent(explainer: Explainer, simulator: Simulator, le: LatentExamples):
+    """(explanation, Pearson score) of one latent over its score windows, outlier rows left out."""
+    expl = explainer.explain(le.latent, le.explain, le.max_act)
+    pred, true = [], []
+    for ex in le.score:
+        sim = simulator.simulate(expl, ex.tokens)
+        if len(sim) != len(ex.tokens):
+            raise ProgsaeError(f"simulator {simulator.name} returned {len(sim)} values for {len(ex.tokens)} tokens")
+        for i, (p, t) in enumerate(zip(sim, ex.acts)):
+            if ex.kept(i):
+                pred.append(p)
+                true.append(t)
+    return expl, pearson(pred, true)
 
 
 def evaluate_interp(
     store, variant: Variant, explainer: Explainer, simulator: Simulator, cfg: InterpConfig | None = None, progress=None
 ) -> InterpResult:
-    """Explain-then-simulate scores of latents sampled per band of one SAE."""
+    """Explain-then-simulate scores of latents sampled per band of one SAE (see the module docstring)."""
     cfg = cfg or InterpConfig()
     sae = variant.sae
     bands = cfg.bands or default_bands(sae.n_latents, sae.cfg.prefixes)
@@ -155,36 +250,42 @@ def evaluate_interp(
     for lo, hi in bands:
         k = min(hi - lo, cfg.latents_per_band * cfg.candidate_factor)
         candidates.append((lo + rng.choice(hi - lo, size=k, replace=False)).tolist())
-    flat = sorted({c for cs in candidates for c in cs})
-    examples, _ = collect_latent_examples(store, sae, flat, cfg, progress)
-    by_latent = {le.latent: le for le in examples}
+    scan = Scan(store, sae, sorted({c for cs in candidates for c in cs}), cfg, progress=progress)
+    chosen = [[c for c in cands if c in scan.eligible][: cfg.latents_per_band] for cands in candidates]
+    by_latent = {le.latent: le for le in latent_examples(store, sae, scan, sorted({c for cs in chosen for c in cs}), cfg)}
     latent_scores: list[LatentScore] = []
     band_scores: list[BandScore] = []
-    for b, ((lo, hi), name, cands) in enumerate(zip(bands, names, candidates)):
-        chosen = [c for c in cands if c in by_latent][: cfg.latents_per_band]
-        scores = []
-        for lat in chosen:
+    measured_scores: list[float] = []
+    for b, ((lo, hi), name, cands, picked) in enumerate(zip(bands, names, candidates, chosen)):
+        scores, freqs = [], []
+        for lat in picked:
             le = by_latent[lat]
-            expl = explainer.explain(lat, le.explain, le.max_act)
-            pred, true = [], []
-            for ex in le.score:
-                sim = simulator.simulate(expl, ex.tokens)
-                if len(sim) != len(ex.tokens):
-                    raise ProgsaeError(f"simulator {simulator.name} returned {len(sim)} values for {len(ex.tokens)} tokens")
-                pred += sim
-                true += ex.acts
-            s = pearson(pred, true)
+            expl, s = score_latent(explainer, simulator, le)
             if s is not None:
                 scores.append(s)
-            latent_scores.append(LatentScore(latent=lat, band=name, score=s, max_act=le.max_act, explanation=expl.text))
-        mean, low, high = bootstrap_mean(scores, cfg.n_bootstrap, cfg.confidence, cfg.seed + b)
-        band_scores.append(BandScore(band=name, start=lo, end=hi, latents=len(scores), mean=mean, lo=low, hi=high))
-    all_scores = [ls.score for ls in latent_scores if ls.score is not None]
+                freqs.append(le.firing_frequency)
+            latent_scores.append(LatentScore(latent=lat, band=name, score=s, max_act=le.max_act, explanation=expl.text,
+                                             firing_frequency=le.firing_frequency))
+        measured = len(scores) >= cfg.min_scored
+        mean, low, high = bootstrap_mean(scores, cfg.n_bootstrap, cfg.confidence, cfg.seed + b) if measured else (None, None, None)
+        if measured:
+            measured_scores += scores
+        band_scores.append(BandScore(
+            band=name, start=lo, end=hi, latents=len(scores), mean=mean, lo=low, hi=high, sampled=len(cands),
+            eligible=sum(c in scan.eligible for c in cands), scored=len(scores),
+            firing_frequency=float(np.mean(freqs)) if freqs else None, measured=measured, scores=scores,
+        ))
     return InterpResult(
         **Record.header(variant),
         explainer=explainer.name,
         simulator=simulator.name,
-        mean=float(np.mean(all_scores)) if all_scores else None,
+        explainer_description=str(getattr(explainer, "description", "")),
+        mean=float(np.mean(measured_scores)) if measured_scores else None,
         bands=band_scores,
         latents=latent_scores,
+        explain_on=scan.explain_side.label,
+        score_on=scan.score_side.label,
+        explain_contexts=int(scan.explain_side.contexts.size),
+        score_contexts=int(scan.score_side.contexts.size),
+        score_tokens=scan.score.rows,
     )
