@@ -291,6 +291,7 @@ class Trainer:
             "wall_time_s": round(self.state.wall_time_s, 3),
             "input_scale": self.state.input_scale,
             "store": str(self.store.path.resolve()),
+            "outlier_rule": None if self.store.outlier_rule is None else self.store.outlier_rule.to_dict(),
         }
         if self.sync.is_main:
             final.save(self.out_dir)
