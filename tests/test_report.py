@@ -1,69 +1,101 @@
-"""Findings are computed from numbers (each verdict flips when the numbers do); the HTML embeds its figures."""
+"""The report: findings table with w / t / l and the verdict rule, intervals in every results cell, outliers and
+seeds sections, figures with interval bands; the HTML embeds its figures and scrolls its tables."""
 
 import base64
+import json
 
-from progsae.report.findings import compute_findings, matryoshka_finding, ordering_finding, power_law_finding
-from progsae.report.render import render_markdown, write_report
-from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
+from test_findings import N, band_set, build_study, fit, planted
 
-SIZES = [64, 128, 256]
+from progsae.report.findings import VERDICT_RULE, compute_findings, interpretability_finding, matryoshka_finding, ordering_finding
+from progsae.report.render import markdown_to_html, render_markdown, write_report
+from progsae.report.size_plots import _panel_points, plot_interp_bands, plot_metric_vs_size
 
-
-def records(ef2=0.2, freq=0.3, unsorted=0.5, mat=0.1):
-    out = []
-    for mode in ("mask", "retopk"):
-        for size in SIZES:
-            scale = 256 / size
-            for method, fvu in [("pruned-ef2", ef2), ("pruned-freq", freq), ("pruned-unsorted", unsorted), ("matryoshka", mat)]:
-                v = fvu * scale
-                out.append({"method": method, "size": size, "mode": mode, "fvu": v, "ce_recaptured_zero": 1 - v,
-                            "rsa": 1 - v / 2, "l0": 8.0})
-    return out
+OUTLIERS = {
+    "train": {"rows": 300000, "dropped": 12, "positions": {"0": 10, "1": 2}, "variance_share": 0.0123,
+              "rule": {"factor": 5.0, "median_norm": 3.2, "threshold": 16.0, "reference_split": "train"}},
+    "test": {"rows": 20000, "dropped": 0, "positions": {}, "variance_share": 0.0, "rule": None},
+}
 
 
-def test_ordering_verdict_follows_the_numbers():
-    assert ordering_finding(records()).verdict == "supported"
-    assert ordering_finding(records(ef2=0.4, freq=0.3)).verdict == "not supported"
-    assert "4/4" in ordering_finding(records()).evidence  # 2 modes x 2 sizes below n
+def study(**planted_fvu):
+    records, reps = build_study(planted(**planted_fvu), seeds=(0, 1), own=0.005)
+    bands = {s: {"pruned-ef2": band_set((0.7, 0.7, 0.7), seed=s), "matryoshka": band_set((0.65, 0.5, 0.3), seed=10 + s)}
+             for s in (0, 1)}
+    timings = {"n_latents": N, "train": {"0": {f"vanilla-{N}": 10.0, f"matryoshka-{N}": 12.0},
+                                         "1": {f"vanilla-{N}": 10.0, f"matryoshka-{N}": 12.5}}}
+    return records, reps, {0: fit(), 1: fit()}, bands, timings
 
 
-def test_matryoshka_verdict_follows_the_numbers():
-    assert matryoshka_finding(records(mat=0.1)).verdict == "supported"
-    assert matryoshka_finding(records(mat=0.9)).verdict == "not supported"
+def test_verdicts_follow_the_numbers():
+    records, reps, *_ = study(pruned_ef2=0.1, pruned_freq=0.2, pruned_unsorted=0.3, matryoshka=0.05)
+    assert ordering_finding(records, reps).verdict == "supported"
+    assert matryoshka_finding(records, reps).verdict == "supported"
+    records, reps, *_ = study(pruned_ef2=0.4, pruned_freq=0.3, pruned_unsorted=0.2, matryoshka=0.5)
+    assert ordering_finding(records, reps).verdict == "contradicted"
+    assert matryoshka_finding(records, reps).verdict == "contradicted"
 
 
 def test_all_findings_and_report_files(tmp_path):
-    recs = records()
-    power_law = {"alpha": 0.8, "r2": 0.97, "fit_range": [10, 200], "alpha_ci": [0.75, 0.85], "rejected_for": [],
-                 "mle": {"comparisons": {"lognormal": {"R": 1.5, "p": 0.2, "preferred": "inconclusive"},
-                                         "exponential": {"R": 30.0, "p": 0.001, "preferred": "power_law"}}}}
-    bands = {"pruned-ef2": {"0-64": {"mean": 0.7, "lo": 0.6, "hi": 0.8}, "128-256": {"mean": 0.6, "lo": 0.5, "hi": 0.7}},
-             "matryoshka": {"0-64": {"mean": 0.6, "lo": 0.5, "hi": 0.7}, "128-256": {"mean": 0.4, "lo": 0.3, "hi": 0.5}}}
-    timings = {"n_latents": 256, "train": {"vanilla-256": 10.0, "matryoshka-256": 12.0}}
-    findings = compute_findings(recs, power_law, bands, timings)
-    assert [f.verdict for f in findings] == ["supported"] * 5
-    assert "1.20×" in findings[-1].evidence
-    assert power_law_finding({**power_law, "rejected_for": ["lognormal"]}).verdict == "mixed"
-    assert power_law_finding({**power_law, "r2": 0.5}).verdict == "not supported"
-    fig = plot_metric_vs_size(recs, "fvu", tmp_path / "figures" / "fvu.png")
+    records, reps, power_laws, bands, timings = study(pruned_ef2=0.1, pruned_freq=0.2, pruned_unsorted=0.3, matryoshka=0.05)
+    findings = compute_findings(records, reps, power_laws, bands, timings)
+    assert [f.verdict for f in findings if not f.context] == ["supported"] * 5
+    assert "mean 1.23×" in findings[-1].evidence
+    json.dumps([f.to_dict() for f in findings])
+    fig = plot_metric_vs_size(records, "fvu", tmp_path / "figures" / "fvu.png")
     plot_interp_bands(bands, tmp_path / "figures" / "interp.png")
     md = render_markdown("t", ["summary"], findings, [("FVU", "figures/fvu.png"), ("interp", "figures/interp.png")],
-                         recs, [["vanilla-256", 10.0, 1.0]])
+                         records, [["vanilla-256", 10.0, 1.0]], outliers=OUTLIERS)
     md_path, html_path = write_report(tmp_path, md)
-    assert fig.stat().st_size > 5000 and "| pruned-ef2 |" in md_path.read_text()
+    text = md_path.read_text()
+    assert "| claim (PAPER.md §7) | this run | w / t / l | numbers |" in text
+    assert "| 8 / 0 / 0 |" in text  # the ordering finding: 2 pairs x 2 sizes x 2 modes, all won
+    assert VERDICT_RULE in text
+    # results cells carry their interval; the plot-only G = n copies are not listed again
+    ef2 = next(r for r in records if r["method"] == "pruned-ef2" and r["size"] == 64 and r["mode"] == "mask" and r["seed"] == 0)
+    lo, hi = ef2["fvu_ci"]
+    assert f"| 0 | pruned-ef2 | 64 | mask | {ef2['fvu']:.4g} [{lo:.4g}, {hi:.4g}] |" in text
+    assert "| 0 | pruned-ef2 | 256 | mask |" not in text
+    assert "## Rows dropped as outliers" in text and "| train | 300000 | 12 | 0: 10, 1: 2 | 1.23% |" in text
+    assert "norm > 5 × median norm 3.2 = 16 (median of the train split)" in text and "none (outliers kept)" in text
+    assert "Seeds: 0, 1. Across-seed spread" in text and "| matryoshka | 64 | mask | 2 |" in text
+    assert "## Comparisons" in text and "seed 1: a − b [95% interval]" in text
     page = html_path.read_text()
     assert base64.b64encode(fig.read_bytes()).decode()[:200] in page
     assert "<table>" in page and "src=\"figures/" not in page
+    assert page.count('<div class="scroll" style="overflow-x:auto"><table>') == page.count("<table>")
+    assert 'name="viewport"' in page
+
+
+def test_report_without_optional_inputs(tmp_path):
+    records, _, _, _, _ = study()
+    findings = compute_findings(records, {}, None, None, None)
+    assert {f.verdict for f in findings} == {"inconclusive"}
+    md = render_markdown("t", [], findings, [], [r for r in records if r["seed"] == 0], [])
+    assert "Not recorded for this run." in md and "one seed: no across-seed spread" in md
+    assert "<h2>Findings</h2>" in markdown_to_html(md, tmp_path)
+
+
+def test_size_plot_draws_interval_bands_and_uses_the_full_size_copies(tmp_path):
+    records, *_ = study(matryoshka=0.1)
+    pts = _panel_points(records, "pruned-ef2", "mask", "fvu")
+    assert [p[0] for p in pts] == [64, 128, N]  # the G = n copy draws the last point
+    assert all(lo is not None and lo < v < hi for _, v, lo, hi in pts)
+    vanilla = _panel_points(records, "vanilla", "retopk", "fvu")
+    assert [p[0] for p in vanilla] == [64, 128, N]  # size-matched vanilla SAEs appear in every panel
+    fig = plot_metric_vs_size(records, "fvu", tmp_path / "fvu.png")
+    no_ci = [{**r, "fvu_ci": None} for r in records]
+    plain = plot_metric_vs_size(no_ci, "fvu", tmp_path / "plain.png")
+    assert fig.stat().st_size > 5000 and plain.stat().st_size > 5000
+    assert fig.read_bytes() != plain.read_bytes()
 
 
 def test_bands_without_scored_latents_are_named_not_plotted(tmp_path):
-    from progsae.report.findings import interpretability_finding
-
-    empty = {"mean": None, "lo": None, "hi": None, "latents": 0}
-    bands = {"pruned-ef2": {"0-64": {"mean": 0.7, "lo": 0.6, "hi": 0.8}, "64-128": empty},
-             "matryoshka": {"0-64": {"mean": 0.6, "lo": 0.5, "hi": 0.7}, "64-128": {"mean": 0.3, "lo": 0.1, "hi": 0.5}}}
+    bands = {0: {"pruned-ef2": band_set((0.7, 0.7, 0.7), measured=(True, False, True)),
+                 "matryoshka": band_set((0.6, 0.5, 0.3), seed=10)}}
     f = interpretability_finding(bands)
-    assert f.verdict == "supported" and "pruned-ef2 64-128" in f.evidence
+    assert "64-128 (pruned-ef2 not measured)" in f.evidence and f.verdict == "supported"
     assert plot_interp_bands(bands, tmp_path / "b.png").stat().st_size > 5000
-    bands["matryoshka"]["64-128"] = empty
-    assert interpretability_finding(bands).verdict == "not measured"
+    assert plot_interp_bands(bands[0], tmp_path / "one_seed.png").stat().st_size > 5000
+    for b in bands[0]["matryoshka"].values():
+        b.update(measured=False, mean=None, scores=[])
+    assert interpretability_finding(bands).verdict == "inconclusive"

@@ -3,9 +3,11 @@
 LLM residual streams hold rare tokens (often the first positions after BOS) whose norms are 10-100x
 the median; a handful of them can carry most of a split's variance and so decide FVU and E[f²].
 A row is an outlier when ‖x‖ > factor × (median row norm of the reference split: train, else
-validation, else test). The default factor 5 is read off the embedded model (SmolLM2-135M, layer 14:
-ordinary rows stay under ~2.5x the median, the massive ones at positions 1-3 are 5.7x to 115x);
-`--keep-outliers` (factor None) keeps every row.
+validation, else test). The default factor 5 is read off the embedded model (SmolLM2-135M, resid_post.14,
+196,596 train rows of the embedded corpus): past position 2 no row exceeds 2.03x the median (the 99.9th
+percentile of all rows is 1.65x), while positions 1-2 hold 48 rows above 2.5x, 42 of them above 5x and
+up to ~115x. 5 leaves a margin for models whose ordinary rows spread wider. `--keep-outliers` (factor
+None) keeps every row.
 """
 
 from __future__ import annotations

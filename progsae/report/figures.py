@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from progsae.progressive.power_law import PowerLawFit, fit_power_law, sorted_live
+from progsae.progressive.power_law import PowerLawFit, binned_points, fit_power_law, log_rank_bins, sorted_live
 from progsae.sae.io import atomic_write_bytes
 
 
@@ -41,11 +41,14 @@ def power_law_figure(values, path, fit: PowerLawFit | None = None, title: str = 
     r_fit = np.geomspace(lo, hi, 64)
     ci = fit.alpha_ci
     ci_text = f", {fit.settings.ci_level:.0%} CI [{ci[0]:.2f}, {ci[1]:.2f}]" if np.isfinite(ci[0]) else ""
+    bx, by = binned_points(live, lo, hi, log_rank_bins(lo, hi, fit.settings.bins_per_decade))
+    ax.loglog(np.exp(bx), np.exp(by), "o", ms=3.5, mfc="none", color="black", label=f"log-rank bins ({bx.size}, fitted)")
     ax.loglog(r_fit, fit.predicted(r_fit), "-", color="tab:red", lw=2, label=f"LS fit α={fit.alpha:.2f}{ci_text}, R²={fit.r2:.3f}")
     ax.axvspan(lo, hi, color="tab:red", alpha=0.06, label=f"fit range ranks {lo}–{hi}")
     if fit.mle is not None:
         verdict = ", ".join(f"vs {k}: R={c.R:+.1f} (p={c.p:.2g})" for k, c in fit.mle.comparisons.items())
-        ax.text(0.02, 0.02, f"MLE γ={fit.mle.gamma:.2f} (rank α={fit.mle.alpha_rank:.2f})\n{verdict}",
+        ax.text(0.02, 0.02, f"MLE γ={fit.mle.gamma:.2f} (rank α={fit.mle.alpha_rank:.2f})\n{verdict}\n"
+                f"bend {fit.bend:+.2f}: power law {'supported' if fit.supported else 'not supported'}",
                 transform=ax.transAxes, fontsize=7, va="bottom")
     ax.set_xlabel("rank r")
     ax.set_ylabel(f"importance {label}")

@@ -1,142 +1,489 @@
 """The findings table: for each claim of PAPER.md §7, whether this run's numbers support it.
 
-Every verdict is computed here from results.json, power_law.json, interp bands and timings;
-nothing in the report's findings is written by hand.
+Every verdict is computed here from results.json (records), the bootstrap replicates, the power-law fits,
+the interpretability bands and the timings; nothing in the report's findings is written by hand.
+
+One rule decides every comparison (`outcome`, `aggregate`) and one rule turns counts into a verdict
+(`verdict`); VERDICT_RULE states both in words and the report prints it verbatim under the table.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
+from progsae.evals.bootstrap import DEFAULT_REPLICATES, Comparison, interval, paired
+
+VERDICTS = ("supported", "contradicted", "mixed", "inconclusive")
 PRUNED_ORDERS = ("pruned-ef2", "pruned-freq", "pruned-unsorted")
+TIME_RATIO_LIMIT = 1.5  # the paper reports ~1.25x; a Matryoshka SAE within 1.5x of vanilla "costs little more"
+PAPER_TIME_RATIO = 1.25
+MIN_R2 = 0.9
+INTERP_SEED = 0
+LOWER, HIGHER = -1, 1
+
+VERDICT_RULE = (
+    "How the verdicts are reached. A comparison is a paired difference a − b between two SAEs scored on the same "
+    "test contexts, with the 95% percentile interval of its bootstrap replicates: a win when the interval excludes 0 "
+    "on the side the claim favours, a loss when it excludes 0 on the other side, a tie otherwise (also when there is "
+    "no interval or the number is missing). With several seeds a comparison is a win (loss) only when it is a win "
+    "(loss) in every seed; otherwise it is a tie. Over a finding's W wins, T ties and L losses (N = W + T + L): "
+    "mixed when W > 0 and L > 0; supported when L = 0 and W ≥ N/2; contradicted when W = 0 and L ≥ N/2; "
+    "inconclusive otherwise (mostly ties, or nothing measured). Interpretability is supported only when both of its "
+    "tests win (vanilla − Matryoshka gap > 0 overall, and outer-band gap > inner-band gap). The power law and the "
+    "training time are one check per seed (w / t / l count seeds): supported when every seed passes, contradicted "
+    "when every seed fails, inconclusive when no seed passes or fails, mixed otherwise. "
+    "Why: a difference inside its noise (0.9915 vs 0.9924 with overlapping replicates) is a tie, not a loss; at least "
+    "half the comparisons must agree so that a few significant results among many ties do not decide a claim; "
+    "one significant result against a claim makes it at best mixed; and a claim whose comparisons mostly lose "
+    "is contradicted, so the table can say no."
+)
 
 
 @dataclass
 class Finding:
     claim: str
-    verdict: str  # "supported", "not supported", "mixed", "not measured"
+    verdict: str  # one of VERDICTS
     evidence: str
+    wins: int = 0
+    ties: int = 0
+    losses: int = 0
+    comparisons: list[dict] = field(default_factory=list)
+    key: str = ""  # short stable id: power_law, ordering, matryoshka, matryoshka_vs_matched, interpretability, training_time
+    context: bool = False  # reported beside the claims of PAPER.md §7, not one of them
+
+    def to_dict(self) -> dict:
+        return _jsonable(asdict(self))
 
 
-def _by(records: list[dict], method: str, mode: str) -> dict[int, dict]:
-    return {r["size"]: r for r in records if r["method"] == method and r["mode"] == mode}
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
 
 
-def _verdict(passed: int, total: int) -> str:
-    if total == 0:
+# ---- the rule --------------------------------------------------------------------------------------
+def aggregate(per_seed: list[str | None]) -> str:
+    """Across seeds: win (loss) only when every seed is a win (loss); a missing seed (None) is a tie."""
+    if per_seed and all(o == "win" for o in per_seed):
+        return "win"
+    if per_seed and all(o == "loss" for o in per_seed):
+        return "loss"
+    return "tie"
+
+
+def verdict(wins: int, ties: int, losses: int) -> str:
+    """Counts of counted comparisons -> a verdict word (see VERDICT_RULE)."""
+    n = wins + ties + losses
+    if n == 0:
+        return "inconclusive"
+    if wins and losses:
+        return "mixed"
+    if losses == 0 and 2 * wins >= n:
+        return "supported"
+    if wins == 0 and 2 * losses >= n:
+        return "contradicted"
+    return "inconclusive"
+
+
+def per_seed_verdict(passes: int, unclear: int, fails: int) -> str:
+    """A check made once per seed: supported when every seed passes, contradicted when every seed fails."""
+    if passes + fails == 0:
+        return "inconclusive"
+    if fails == 0 and unclear == 0:
+        return "supported"
+    if passes == 0 and unclear == 0:
+        return "contradicted"
+    return "mixed"
+
+
+def _counts(comparisons: list[dict]) -> tuple[int, int, int]:
+    counted = [c["outcome"] for c in comparisons if c.get("counted", True)]
+    return counted.count("win"), counted.count("tie"), counted.count("loss")
+
+
+# ---- formatting -----------------------------------------------------------------------------------
+def _g(v, signed: bool = False) -> str:
+    if v is None:
+        return "–"
+    return f"{v:+.3g}" if signed else f"{v:.3g}"
+
+
+def fmt_diff(s: dict | None) -> str:
+    """One seed's comparison as 'diff [lo, hi]' (or 'not measured')."""
+    if not s:
         return "not measured"
-    return "supported" if passed == total else ("not supported" if passed == 0 else "mixed")
+    ci = s.get("ci")
+    return _g(s["diff"], True) + (f" [{_g(ci[0], True)}, {_g(ci[1], True)}]" if ci else " [no interval]")
 
 
-def power_law_finding(power_law: dict[str, Any] | None, min_r2: float = 0.9) -> Finding:
-    """Supported when the least-squares fit has R² >= min_r2 and no alternative is significantly preferred."""
-    claim = "Latent importance (E[f²]) in the vanilla SAE follows a power law in rank"
-    if not power_law:
-        return Finding(claim, "not measured", "no power-law fit")
-    alpha, r2, (lo, hi) = power_law["alpha"], power_law["r2"], power_law["fit_range"]
-    ci = power_law.get("alpha_ci") or [None, None]
-    evidence = f"least-squares α = {alpha:.3f}"
-    if None not in ci:
-        evidence += f" (95% bootstrap CI {ci[0]:.3f}–{ci[1]:.3f})"
-    evidence += f", R² = {r2:.3f} over ranks {lo}–{hi}"
-    comps = (power_law.get("mle") or {}).get("comparisons", {})
-    if comps:
-        evidence += "; MLE likelihood ratio vs " + ", ".join(
-            f"{name}: R = {c['R']:.2f}, p = {c['p']:.2g} ({c['preferred']})" for name, c in comps.items()
-        )
-    rejected = power_law.get("rejected_for") or []
+def comparison_label(c: dict) -> str:
+    where = []
+    if c.get("metric"):
+        where.append(c["metric"])
+    if c.get("mode"):
+        where.append(c["mode"])
+    if c.get("size") is not None:
+        where.append(f"G={c['size']}")
+    return (c.get("label") or f"{c['a']} − {c['b']}") + (f" ({' '.join(where)})" if where else "")
+
+
+def _summary(comparisons: list[dict], list_max: int = 4) -> str:
+    w, t, l_ = _counts(comparisons)
+    text = f"{w} win / {t} tie / {l_} loss over {w + t + l_} paired comparisons"
+    for word in ("win", "loss"):
+        hits = [c for c in comparisons if c.get("counted", True) and c["outcome"] == word]
+        if not hits:
+            continue
+        shown = "; ".join(f"{comparison_label(c)}: " + ", ".join(f"s{s} {fmt_diff(v)}" for s, v in c["seeds"].items())
+                          for c in hits[:list_max])
+        more = f"; … {len(hits) - list_max} more (see Comparisons)" if len(hits) > list_max else ""
+        text += f". {'Wins' if word == 'win' else 'Losses'}: {shown}{more}"
+    return text
+
+
+# ---- records -> paired comparisons --------------------------------------------------------------
+def _index(records: list[dict]) -> dict[tuple, dict]:
+    """(seed, method, size, mode) -> record, without the plot-only full_size_copy rows."""
+    return {(r.get("seed", 0), r["method"], r["size"], r["mode"]): r for r in records if not r.get("full_size_copy")}
+
+
+def _seeds(records: list[dict]) -> list:
+    return sorted({r.get("seed", 0) for r in records}, key=lambda s: (str(type(s)), s))
+
+
+def full_size(records: list[dict], timings: dict | None = None) -> int | None:
+    """n: the size of the full (trained, mode full) vanilla / Matryoshka SAEs."""
+    sizes = [r["size"] for r in records if r["mode"] == "full" and r["method"] in ("vanilla", "matryoshka")
+             and not r.get("full_size_copy") and r.get("size") is not None]
+    if sizes:
+        return max(sizes)
+    if timings and timings.get("n_latents"):
+        return int(timings["n_latents"])
+    sizes = [r["size"] for r in records if r.get("size") is not None]
+    return max(sizes) if sizes else None
+
+
+def _cut_modes(records: list[dict], methods) -> list[str]:
+    return sorted({r["mode"] for r in records if r["method"] in methods and r["mode"] != "full" and not r.get("full_size_copy")})
+
+
+def _sizes(records: list[dict], methods, mode: str, below: int | None) -> list[int]:
+    return sorted({r["size"] for r in records if r["method"] in methods and r["mode"] == mode
+                   and not r.get("full_size_copy") and r["size"] is not None and (below is None or r["size"] < below)})
+
+
+def compare(index: dict, seeds: list, replicates: dict | None, a: tuple, b: tuple, metric: str, better: int,
+            label: str | None = None, size=None, mode=None) -> dict | None:
+    """Paired comparison of a = (method, size, mode) against b per seed, aggregated over seeds.
+
+    None when the metric is missing on either side in every seed (nothing to compare)."""
+    per_seed: dict[str, dict | None] = {}
+    for s in seeds:
+        ra, rb = index.get((s, *a)), index.get((s, *b))
+        if ra is None or rb is None or ra.get(metric) is None or rb.get(metric) is None:
+            per_seed[str(s)] = None
+            continue
+        c = paired(float(ra[metric]), float(rb[metric]), _rep(replicates, ra, metric), _rep(replicates, rb, metric), better)
+        per_seed[str(s)] = c.to_dict()
+    if all(v is None for v in per_seed.values()):
+        return None
+    return {"label": label or f"{a[0]} − {b[0]}", "a": a[0], "b": b[0], "metric": metric, "size": size, "mode": mode,
+            "better": "lower" if better < 0 else "higher", "seeds": per_seed,
+            "outcome": aggregate([v["outcome"] if v else None for v in per_seed.values()]), "counted": True}
+
+
+def _rep(replicates: dict | None, record: dict, metric: str):
+    r = ((replicates or {}).get(record.get("folder")) or {}).get(metric)
+    return None if r is None else np.asarray(r, dtype=np.float64)
+
+
+def _finding(key: str, claim: str, comparisons: list[dict], note: str = "", context: bool = False, rule=verdict) -> Finding:
+    w, t, l_ = _counts(comparisons)
+    evidence = _summary(comparisons) if comparisons else "nothing to compare (no matching records)"
+    if note:
+        evidence += f". {note}"
+    return Finding(claim, rule(w, t, l_), evidence, w, t, l_, comparisons, key, context)
+
+
+# ---- (a) power law --------------------------------------------------------------------------------
+def _power_law_check(fit: dict) -> tuple[str, str]:
+    """One seed: win (supported), loss (an alternative significantly better, or R² < 0.9), tie (neither)."""
+    rejected = fit.get("rejected_for") or []
+    r2 = fit.get("r2")
+    supported = fit.get("supported")
+    if supported is None:
+        supported = r2 is not None and r2 >= MIN_R2 and not rejected
+    if supported:
+        return "win", "power law supported"
+    reasons = []
     if rejected:
-        evidence += f"; {' and '.join(rejected)} significantly preferred"
-    ok = r2 >= min_r2
-    return Finding(claim, "supported" if ok and not rejected else ("mixed" if ok else "not supported"), evidence)
+        reasons.append(f"{' and '.join(rejected)} significantly better")
+    if r2 is not None and r2 < MIN_R2:
+        reasons.append(f"R² {r2:.3f} < {MIN_R2}")
+    bend, max_bend = fit.get("bend"), (fit.get("settings") or {}).get("max_bend")
+    if bend is not None and max_bend is not None and abs(bend) > max_bend:
+        head, tail = fit.get("local_alpha") or [None, None]
+        reasons.append(f"the exponent bends: head α {_g(head)} vs tail α {_g(tail)} (|bend| {abs(bend):.2f} > {max_bend})")
+    if fit.get("mle_error"):
+        reasons.append(f"no likelihood fit ({fit['mle_error']}), so the alternatives are not ruled out")
+    if reasons:
+        return "loss", "; ".join(reasons)
+    return "tie", "not supported, for no reason this report knows"
 
 
-def ordering_finding(records: list[dict], metric: str = "fvu") -> Finding:
-    """E[f²] < frequency < unsorted in FVU at every pruned size below n, in each mode."""
+def power_law_finding(power_laws: dict | None) -> Finding:
+    """Supported if every seed's fit is `supported` (progsae.progressive.power_law: log-binned R² >= 0.9, no
+    alternative significantly better over the same ranks, an exponent that does not bend); contradicted if every
+    seed fails one of those; else mixed."""
+    claim = "Latent importance (E[f²]) in the vanilla SAE follows a power law in rank"
+    if power_laws and "alpha" in power_laws:  # one fit, not per seed
+        power_laws = {0: power_laws}
+    fits = {str(s): f for s, f in (power_laws or {}).items() if f}
+    if not fits:
+        return Finding(claim, "inconclusive", "no power-law fit", key="power_law")
+    comps, parts = [], []
+    for s, fit in sorted(fits.items()):
+        outcome, why = _power_law_check(fit)
+        alpha, r2 = fit.get("alpha"), fit.get("r2")
+        ci = fit.get("alpha_ci") or [None, None]
+        rng = fit.get("fit_range") or [None, None]
+        lr = {name: {"R": c.get("R"), "p": c.get("p"), "preferred": c.get("preferred")}
+              for name, c in ((fit.get("mle") or {}).get("comparisons") or {}).items()}
+        text = f"seed {s}: α = {_g(alpha)}"
+        if None not in ci:
+            text += f" [{_g(ci[0])}, {_g(ci[1])}]"
+        text += f", R² = {_g(r2)} over ranks {rng[0]}–{rng[1]}"
+        if fit.get("n_live") is not None:
+            text += f" ({fit['n_live']} live latents)"
+        if lr:
+            text += "; likelihood ratio vs " + ", ".join(
+                f"{n}: R = {_g(c['R'])}, p = {_g(c['p'])} ({c['preferred']})" for n, c in lr.items())
+        parts.append(f"{text} → {outcome} ({why})")
+        comps.append({"label": "power-law fit", "seed": s, "metric": "power law", "alpha": alpha, "alpha_ci": ci,
+                      "r2": r2, "fit_range": rng, "n_live": fit.get("n_live"), "lr_tests": lr,
+                      "rejected_for": fit.get("rejected_for") or [], "outcome": outcome, "why": why, "counted": True})
+    w, t, l_ = _counts(comps)
+    return Finding(claim, per_seed_verdict(w, t, l_), "; ".join(parts), w, t, l_, comps, "power_law")
+
+
+# ---- (b) ordering ---------------------------------------------------------------------------------
+def ordering_finding(records: list[dict], replicates: dict | None = None, n: int | None = None, metric: str = "fvu") -> Finding:
+    """E[f²] beats frequency and frequency beats unsorted on FVU, paired, at every G < n in each cut mode."""
     claim = "Pruning by E[f²] beats pruning by frequency, which beats no ordering (FVU)"
-    passed = total = 0
-    parts = []
-    for mode in sorted({r["mode"] for r in records if r["method"] in PRUNED_ORDERS}):
-        series = [_by(records, m, mode) for m in PRUNED_ORDERS]
-        n_max = max((s for ser in series for s in ser), default=0)
-        for size in sorted(set.intersection(*(set(s) for s in series)) - {n_max}):
-            vals = [ser[size][metric] for ser in series]
-            total += 1
-            ok = vals[0] < vals[1] < vals[2]
-            passed += ok
-            parts.append(f"{mode} G={size}: " + " / ".join(f"{v:.3f}" for v in vals) + ("" if ok else " ✗"))
-    evidence = f"{passed}/{total} sizes ordered as claimed (FVU ef2 / freq / unsorted): " + "; ".join(parts)
-    return Finding(claim, _verdict(passed, total), evidence)
+    n = n if n is not None else full_size(records)
+    index, seeds = _index(records), _seeds(records)
+    comps = []
+    for mode in _cut_modes(records, PRUNED_ORDERS):
+        for size in _sizes(records, PRUNED_ORDERS, mode, n):
+            for a, b in zip(PRUNED_ORDERS, PRUNED_ORDERS[1:]):
+                c = compare(index, seeds, replicates, (a, size, mode), (b, size, mode), metric, LOWER, size=size, mode=mode)
+                if c:
+                    comps.append(c)
+    return _finding("ordering", claim, comps)
 
 
-def matryoshka_finding(records: list[dict]) -> Finding:
-    """Matryoshka beats the best pruned vanilla SAE on FVU, recaptured CE and RSA at every size and mode."""
-    claim = "Matryoshka SAEs have lower FVU, better recaptured CE and higher RSA than pruned vanilla SAEs at every size"
-    checks = [("fvu", -1), ("ce_recaptured_zero", 1), ("rsa", 1)]
-    passed = total = 0
-    failures = defaultdict(list)
-    for mode in sorted({r["mode"] for r in records if r["method"] == "matryoshka"}):
-        mat, pru = _by(records, "matryoshka", mode), _by(records, "pruned-ef2", mode)
-        for size in sorted(set(mat) & set(pru)):
-            for metric, sign in checks:
-                a, b = mat[size].get(metric), pru[size].get(metric)
-                if a is None or b is None:
-                    continue
-                total += 1
-                if sign * (a - b) > 0:
-                    passed += 1
+# ---- (c) Matryoshka vs pruned vanilla -----------------------------------------------------------
+MATRYOSHKA_METRICS = (("fvu", LOWER), ("rsa", HIGHER), ("ce_recaptured_zero", HIGHER), ("ce_recaptured_mean", HIGHER))
+
+
+def matryoshka_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
+    """Matryoshka prefixes vs the E[f²]-pruned vanilla SAE at each G < n and cut mode, and once at G = n
+    (the trained Matryoshka-n vs vanilla-n, mode full), on FVU, RSA and recaptured CE."""
+    claim = "Matryoshka SAEs have lower FVU, higher RSA and better recaptured CE than E[f²]-pruned vanilla SAEs at every size"
+    n = n if n is not None else full_size(records)
+    index, seeds = _index(records), _seeds(records)
+    comps, missing = [], set()
+    for mode in _cut_modes(records, ("matryoshka", "pruned-ef2")):
+        for size in _sizes(records, ("matryoshka",), mode, n):
+            for metric, better in MATRYOSHKA_METRICS:
+                c = compare(index, seeds, replicates, ("matryoshka", size, mode), ("pruned-ef2", size, mode), metric, better,
+                            size=size, mode=mode)
+                if c:
+                    comps.append(c)
                 else:
-                    failures[metric].append(f"{mode} G={size}")
-    evidence = f"{passed}/{total} (size, mode, metric) comparisons favour Matryoshka over pruned-ef2"
-    if failures:
-        evidence += "; not at " + "; ".join(f"{m}: {', '.join(v)}" for m, v in failures.items())
-    return Finding(claim, _verdict(passed, total), evidence)
+                    missing.add(metric)
+    if n is not None:  # G = n: the same two trained SAEs in every mode, so counted once
+        for metric, better in MATRYOSHKA_METRICS:
+            c = compare(index, seeds, replicates, ("matryoshka", n, "full"), ("vanilla", n, "full"), metric, better,
+                        label="matryoshka − vanilla (G = n, trained)", size=n, mode="full")
+            if c:
+                comps.append(c)
+            else:
+                missing.add(metric)
+    note = f"Not measured: {', '.join(sorted(missing))}" if missing else ""
+    return _finding("matryoshka", claim, comps, note)
 
 
-def interpretability_finding(bands: dict[str, dict[str, dict]] | None) -> Finding:
-    """Pruned vanilla latents score higher than Matryoshka's, and Matryoshka's outer band scores lowest.
-
-    Bands where no sampled latent fired on the held-out data have no score; they are named and skipped.
-    """
-    claim = "Pruned vanilla SAEs are more interpretable; Matryoshka latents score lower, most of all in outer groups"
-    if not bands or "matryoshka" not in bands or "pruned-ef2" not in bands:
-        return Finding(claim, "not measured", "interpretability was not evaluated")
-    scored = {m: {b: r["mean"] for b, r in bands[m].items() if r.get("mean") is not None} for m in ("pruned-ef2", "matryoshka")}
-    empty = [f"{m} {b}" for m in scored for b in bands[m] if b not in scored[m]]
-    if not scored["pruned-ef2"] or len(scored["matryoshka"]) < 2:
-        return Finding(claim, "not measured", "too few bands with scored latents" + (f" (none in {', '.join(empty)})" if empty else ""))
-    van = sum(scored["pruned-ef2"].values()) / len(scored["pruned-ef2"])
-    mat = sum(scored["matryoshka"].values()) / len(scored["matryoshka"])
-    names = list(scored["matryoshka"])
-    inner, outer = scored["matryoshka"][names[0]], scored["matryoshka"][names[-1]]
-    checks = [van > mat, outer < inner]
-    evidence = (
-        f"mean Pearson over scored bands: pruned-ef2 {van:.3f} vs Matryoshka {mat:.3f}; Matryoshka inner band ({names[0]}) "
-        f"{inner:.3f} vs outer band ({names[-1]}) {outer:.3f}"
-    )
-    if empty:
-        evidence += f"; no sampled latent fired on the held-out data in {', '.join(empty)}"
-    return Finding(claim, _verdict(sum(checks), len(checks)), evidence)
+def matched_vanilla_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
+    """Context: Matryoshka prefixes vs vanilla SAEs trained at the same size G (FVU)."""
+    claim = "Context (not a PAPER.md §7 claim): a Matryoshka prefix of G latents has lower FVU than a vanilla SAE trained with G latents"
+    n = n if n is not None else full_size(records)
+    index, seeds = _index(records), _seeds(records)
+    comps = []
+    for mode in _cut_modes(records, ("matryoshka",)):
+        for size in _sizes(records, ("matryoshka",), mode, n):
+            c = compare(index, seeds, replicates, ("matryoshka", size, mode), ("vanilla", size, "full"), "fvu", LOWER,
+                        label="matryoshka − vanilla-G", size=size, mode=mode)
+            if c:
+                comps.append(c)
+    return _finding("matryoshka_vs_matched", claim, comps, context=True)
 
 
-def training_time_finding(timings: dict[str, Any] | None) -> Finding:
-    claim = "A Matryoshka SAE costs little more to train than a vanilla SAE of the same size (paper: ~1.25×)"
-    per_sae = (timings or {}).get("train", {})
-    mat = next((v for k, v in per_sae.items() if k.startswith("matryoshka")), None)
-    van = per_sae.get(f"vanilla-{(timings or {}).get('n_latents')}")
-    if mat is None or van is None:
-        return Finding(claim, "not measured", "training times missing")
-    ratio = mat / van
-    return Finding(claim, "supported" if ratio <= 1.5 else "not supported", f"Matryoshka {mat:.1f} s / vanilla {van:.1f} s = {ratio:.2f}×")
+# ---- (d) interpretability -------------------------------------------------------------------------
+def _band_means_R(scores: list[float], rng: np.random.Generator, replicates: int) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    return s[rng.integers(0, s.size, size=(replicates, s.size))].mean(1)
 
 
-def compute_findings(records: list[dict], power_law: dict | None, bands: dict | None, timings: dict | None) -> list[Finding]:
+def _measured(band: dict | None) -> bool:
+    return bool(band) and band.get("measured", band.get("mean") is not None) and bool(band.get("scores"))
+
+
+def _why_unmeasured(band: dict | None) -> str:
+    if band and band.get("measured", band.get("mean") is not None) and not band.get("scores"):
+        return "has no per-latent scores"
+    return "not measured"
+
+
+def _gap_comparison(a: float, b: float, diff_R: np.ndarray, label: str, seed: str, metric: str, **extra) -> dict:
+    c = Comparison(a=a, b=b, diff=a - b, ci=interval(diff_R), better=HIGHER)
+    return {"label": label, "metric": metric, "seed": seed, **extra, **c.to_dict()}
+
+
+def _interp_seed(seed: str, per_method: dict, replicates: int, rng_seed: int) -> tuple[dict, dict | None, dict | None, list[str]]:
+    """One seed: per-band gaps, the overall gap and the outer-minus-inner gap (None where not measurable)."""
+    van, mat = per_method.get("pruned-ef2") or {}, per_method.get("matryoshka") or {}
+    pairs = list(zip(van.items(), mat.items()))
+    skipped, bands_out, gaps_R = [], {}, []
+    for i, ((vname, vb), (mname, mb)) in enumerate(pairs):
+        name = vname if vname == mname else f"{vname} / {mname}"
+        absent = [f"{m} {_why_unmeasured(b)}" for m, b in (("pruned-ef2", vb), ("matryoshka", mb)) if not _measured(b)]
+        if absent:
+            skipped.append(f"seed {seed} band {name} ({' and '.join(absent)})")
+            continue
+        rng_v = np.random.default_rng([rng_seed, i, 0])
+        rng_m = np.random.default_rng([rng_seed, i, 1])
+        v_R, m_R = _band_means_R(vb["scores"], rng_v, replicates), _band_means_R(mb["scores"], rng_m, replicates)
+        v, m = float(np.mean(vb["scores"])), float(np.mean(mb["scores"]))
+        gap_R = v_R - m_R
+        bands_out[name] = _gap_comparison(v, m, gap_R, f"band {name}: pruned-ef2 − matryoshka", seed, "interp",
+                                          band=name, index=i, n_vanilla=len(vb["scores"]), n_matryoshka=len(mb["scores"]))
+        gaps_R.append((name, v - m, gap_R))
+    if len(van) != len(mat):
+        skipped.append(f"seed {seed}: {len(van)} pruned-ef2 bands vs {len(mat)} Matryoshka bands, unpaired ones skipped")
+    overall = outer_inner = None
+    if gaps_R:
+        mean_gap = float(np.mean([g for _, g, _ in gaps_R]))
+        mean_R = np.mean([r for _, _, r in gaps_R], axis=0)
+        overall = {"label": "mean gap over bands", "metric": "interp", "seed": seed,
+                   **Comparison(a=mean_gap, b=0.0, diff=mean_gap, ci=interval(mean_R), better=HIGHER).to_dict()}
+    if len(gaps_R) >= 2:
+        (iname, ig, iR), (oname, og, oR) = gaps_R[0], gaps_R[-1]
+        outer_inner = _gap_comparison(og, ig, oR - iR, f"gap outer ({oname}) − gap inner ({iname})", seed, "interp",
+                                      inner=iname, outer=oname)
+    return bands_out, overall, outer_inner, skipped
+
+
+def interpretability_finding(bands: dict | None, replicates: int = DEFAULT_REPLICATES, seed: int = INTERP_SEED) -> Finding:
+    """Pruned vanilla latents score higher than Matryoshka latents, most of all in the outer bands.
+
+    Per band pair (same index, inner to outer) the gap is mean(pruned-ef2 scores) − mean(Matryoshka scores) with a
+    two-sample bootstrap interval (each side's per-latent scores resampled independently, seeded). Two tests, each
+    aggregated over seeds by the common rule: the mean gap over measured bands > 0, and the outer band's gap minus the
+    inner band's > 0 (same replicates). Bands not measured are skipped and named."""
+    claim = "Pruned vanilla SAEs are more interpretable than Matryoshka SAEs, with the largest gap in the outer bands"
+    if bands and ("pruned-ef2" in bands or "matryoshka" in bands):  # one seed, not per seed
+        bands = {0: bands}
+    per_seed = {str(s): b for s, b in (bands or {}).items() if b and "pruned-ef2" in b and "matryoshka" in b}
+    if not per_seed:
+        return Finding(claim, "inconclusive", "interpretability was not evaluated for both pruned-ef2 and matryoshka",
+                       key="interpretability")
+    overall, outer_inner, band_rows, skipped = {}, {}, [], []
+    for s, per_method in sorted(per_seed.items()):
+        b_out, o, oi, sk = _interp_seed(s, per_method, replicates, seed)
+        overall[s], outer_inner[s] = o, oi
+        band_rows.extend(b_out.values())
+        skipped += sk
+    comps = []
+    for label, per in (("pruned-ef2 − matryoshka, mean gap over bands", overall),
+                       ("gap outer band − gap inner band", outer_inner)):
+        comps.append({"label": label, "a": "pruned-ef2", "b": "matryoshka", "metric": "interp", "size": None, "mode": None,
+                      "better": "higher", "seeds": per, "counted": True,
+                      "outcome": aggregate([v["outcome"] if v else None for v in per.values()])})
+    by_band: dict[str, dict] = {}
+    for r in band_rows:
+        by_band.setdefault(r["band"], {})[r["seed"]] = r
+    for name, per in by_band.items():
+        comps.append({"label": f"band {name}: pruned-ef2 − matryoshka", "a": "pruned-ef2", "b": "matryoshka",
+                      "metric": "interp", "size": None, "mode": None, "better": "higher", "band": name,
+                      "seeds": {s: per.get(s) for s in sorted(per_seed)}, "counted": False,
+                      "outcome": aggregate([per[s]["outcome"] if s in per else None for s in sorted(per_seed)])})
+    w, t, l_ = _counts(comps)
+    v = verdict(w, t, l_)
+    if v == "supported" and w < 2:  # both tests must win
+        v = "inconclusive"
+    evidence = _summary(comps)
+    band_text = "; ".join(f"{c['label']}: " + ", ".join(
+        f"s{s} {_g(x['a'])} vs {_g(x['b'])} = {fmt_diff(x)}" for s, x in c["seeds"].items() if x)
+        for c in comps if not c["counted"])
+    if band_text:
+        evidence += f". Per band (mean Pearson, two-sample bootstrap): {band_text}"
+    if skipped:
+        evidence += f". Skipped: {'; '.join(skipped)}"
+    return Finding(claim, v, evidence, w, t, l_, comps, "interpretability")
+
+
+# ---- (e) training time ----------------------------------------------------------------------------
+def _train_times(timings: dict | None) -> dict[str, dict]:
+    per = (timings or {}).get("train") or {}
+    if per and all(isinstance(v, (int, float)) or v is None for v in per.values()):  # one seed, not per seed
+        per = {"0": per}
+    return {str(s): v for s, v in per.items() if isinstance(v, dict)}
+
+
+def training_time_finding(timings: dict | None) -> Finding:
+    """Matryoshka / vanilla-n training time per seed: supported if ≤ 1.5× in every seed, contradicted if > 1.5× in
+    every seed, else mixed."""
+    claim = f"A Matryoshka SAE costs little more to train than a vanilla SAE of the same size (paper: ~{PAPER_TIME_RATIO}×)"
+    n = (timings or {}).get("n_latents")
+    comps = []
+    for s, names in sorted(_train_times(timings).items()):
+        mat = names.get(f"matryoshka-{n}") or next((v for k, v in names.items() if k.startswith("matryoshka")), None)
+        van = names.get(f"vanilla-{n}")
+        if not mat or not van:
+            continue
+        ratio = mat / van
+        comps.append({"label": "matryoshka / vanilla-n training time", "seed": s, "metric": "train seconds",
+                      "matryoshka_s": mat, "vanilla_s": van, "ratio": ratio, "limit": TIME_RATIO_LIMIT,
+                      "outcome": "win" if ratio <= TIME_RATIO_LIMIT else "loss", "counted": True})
+    if not comps:
+        return Finding(claim, "inconclusive", "training times missing", key="training_time")
+    ratios = [c["ratio"] for c in comps]
+    evidence = "; ".join(f"seed {c['seed']}: Matryoshka {c['matryoshka_s']:.1f} s / vanilla {c['vanilla_s']:.1f} s = "
+                         f"{c['ratio']:.2f}×" for c in comps)
+    evidence += (f"; mean {np.mean(ratios):.2f}× (across seeds {min(ratios):.2f}–{max(ratios):.2f}×) against the paper's "
+                 f"~{PAPER_TIME_RATIO}×; a seed passes at ≤ {TIME_RATIO_LIMIT}×")
+    w, t, l_ = _counts(comps)
+    return Finding(claim, per_seed_verdict(w, t, l_), evidence, w, t, l_, comps, "training_time")
+
+
+def compute_findings(records: list[dict], replicates: dict | None, power_laws: dict | None, bands: dict | None,
+                     timings: dict | None) -> list[Finding]:
+    """Every finding of the report, in the order of the table."""
+    n = full_size(records, timings)
     return [
-        power_law_finding(power_law),
-        ordering_finding(records),
-        matryoshka_finding(records),
+        power_law_finding(power_laws),
+        ordering_finding(records, replicates, n),
+        matryoshka_finding(records, replicates, n),
+        matched_vanilla_finding(records, replicates, n),
         interpretability_finding(bands),
         training_time_finding(timings),
     ]

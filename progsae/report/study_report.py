@@ -19,17 +19,19 @@ SIZE_FIGURES = (
 
 
 def write_study_report(ctx) -> None:
-    """Read the run folder's results and write figures, timings.json, report.md and report.html."""
-    from progsae.study.pipeline import timings
+    """Read the run folder's results and write figures, timings.json, findings.json, report.md and report.html."""
+    from progsae.study.pipeline import load_replicates, seed_dir, timings
 
     cfg, out = ctx.cfg, ctx.out
     records = json.loads(ctx.path("results.json").read_text())
-    power_law = json.loads(ctx.path("power_law.json").read_text())
+    power_laws = {str(s): json.loads(ctx.path(seed_dir(s), "power_law.json").read_text()) for s in cfg.seeds}
     bands = json.loads(ctx.path("evals", "bands.json").read_text())
+    outliers = json.loads(ctx.path("rows.json").read_text())
     t = timings(ctx)
     atomic_write_json(ctx.path("timings.json"), t)
 
-    figures = [("Importance power law (vanilla SAE, E[f²]-sorted) and cumulative share", "figures/power_law.png")]
+    figures = [(f"Importance power law (vanilla SAE, E[f²]-sorted) and cumulative share, seed {s}", f"figures/power_law-{seed_dir(s)}.png")
+               for s in cfg.seeds[:1]]
     for metric, caption in SIZE_FIGURES:
         if plot_metric_vs_size(records, metric, ctx.path("figures", f"{metric}.png"), title=caption):
             figures.append((caption, f"figures/{metric}.png"))
@@ -37,18 +39,25 @@ def write_study_report(ctx) -> None:
         figures.append(("Interpretability (explain-then-simulate Pearson r) per importance band", "figures/interp_bands.png"))
 
     n = cfg.n_latents
-    base = t["train"].get(f"vanilla-{n}")
-    timing_rows = [[name, s, (s / base) if (s and base) else None] for name, s in t["train"].items()]
+    timing_rows = []
+    for seed, per_sae in t["train"].items():
+        base = per_sae.get(f"vanilla-{n}")
+        timing_rows += [[f"seed {seed}: {name}", s, (s / base) if (s and base) else None] for name, s in per_sae.items()]
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages"].items() if v is not None)
+    d = cfg.data
+    rule = "every row kept" if cfg.outlier_factor is None else f"rows above {cfg.outlier_factor:g}× the median train-row norm dropped"
     summary = [
-        f"Model `{cfg.data.model}`, hook `{cfg.data.hook}`, corpus `{cfg.data.corpus}`: "
-        f"{cfg.data.tokens:,} training and {cfg.data.test_tokens:,} held-out tokens (context {cfg.data.context_length}).",
+        f"Model `{d.model}`, hook `{d.hook}`, corpus `{d.corpus}`: {d.tokens:,} training, "
+        f"{d.resolved_validation_tokens:,} validation and {d.test_tokens:,} test tokens (context {d.context_length}); {rule}.",
         f"{cfg.train.arch} SAEs with k = {cfg.train.k}, n = {n}, granularities G ∈ {cfg.train.granularities}, "
-        f"{cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}, seed {cfg.train.seed}; pruning modes {cfg.eval.modes}.",
+        f"{cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}, seeds {cfg.seeds}; pruning modes {cfg.eval.modes}.",
+        "Orderings, the mean-ablation vector and interpretability explanations read the validation split; every number "
+        f"below reads the test split, with a 95% interval from {cfg.eval.bootstrap_replicates} bootstrap resamples of test contexts.",
         f"Wall-clock per finished stage: {stage_line}." if stage_line else "",
-        "Every verdict below is computed from results.json, power_law.json and evals/bands.json by progsae.report.findings.",
+        "Every verdict below is computed from results.json, the bootstrap replicates in evals/, seed-*/power_law.json and "
+        "evals/bands.json by progsae.report.findings.",
     ]
-    findings = compute_findings(records, power_law, bands, t)
-    atomic_write_json(ctx.path("findings.json"), [f.__dict__ for f in findings])
-    md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows)
+    findings = compute_findings(records, load_replicates(ctx), power_laws, bands, t)
+    atomic_write_json(ctx.path("findings.json"), [f.to_dict() for f in findings])
+    md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows, outliers=outliers)
     write_report(out, md)

@@ -1,0 +1,254 @@
+"""Verdicts follow paired bootstrap comparisons: ties inside the noise, losses outside it, all seeds must agree."""
+
+import json
+import zlib
+
+import numpy as np
+import pytest
+
+from progsae.evals.bootstrap import interval
+from progsae.report.findings import (VERDICT_RULE, VERDICTS, aggregate, compute_findings, interpretability_finding,
+                                     matched_vanilla_finding, matryoshka_finding, ordering_finding, power_law_finding,
+                                     training_time_finding, verdict)
+
+N = 256
+GS = (64, 128)
+MODES = ("mask", "retopk")
+CUT = ("matryoshka", "pruned-ef2", "pruned-freq", "pruned-unsorted", "pruned-random")
+METRICS = ("fvu", "mse", "l0", "ce_recaptured_zero", "ce_recaptured_mean", "delta_ce", "kl", "rsa", "rsa_full", "cka", "interp")
+R = 400
+
+
+def default_fvu(method, size, mode, seed):
+    return 0.2
+
+
+def build_study(fvu=default_fvu, seeds=(0,), common=0.02, own=0.0):
+    """Records and replicates of a whole study. Every metric is a function of FVU (rsa = ce = 1 − fvu), so lower
+    FVU is better everywhere. Replicates = value + noise shared by every folder of a seed (the paired part) +
+    `own` noise per folder; with own = 0 two SAEs with the same value have identical replicates."""
+    records, replicates = [], {}
+
+    def value(m, v):
+        return v if m in ("fvu", "mse", "delta_ce", "kl") else 32.0 if m == "l0" else 1 - v
+
+    def add(seed, method, size, mode, folder):
+        v = float(fvu(method, size, mode, seed))
+        shared = np.random.default_rng([seed, 1]).normal(0, common, R)
+        mine = np.random.default_rng([seed, zlib.crc32(folder.encode())]).normal(0, own, R) if own else 0.0
+        rec = {"seed": seed, "folder": folder, "method": method, "size": size, "mode": mode}
+        replicates[folder] = {}
+        for m in METRICS:
+            sign = 1 if m in ("fvu", "mse", "delta_ce", "kl") else 0 if m == "l0" else -1
+            replicates[folder][m] = value(m, v) + sign * (shared + mine)
+            rec[m], rec[f"{m}_ci"] = value(m, v), interval(replicates[folder][m])
+        records.append(rec)
+        return rec
+
+    for seed in seeds:
+        for g in (*GS, N):
+            vanilla_n = add(seed, "vanilla", g, "full", f"seed-{seed}/vanilla-{g}")
+        matryoshka_n = add(seed, "matryoshka", N, "full", f"seed-{seed}/matryoshka-{N}")
+        for mode in MODES:
+            for g in GS:
+                for method in CUT:
+                    add(seed, method, g, mode, f"seed-{seed}/{method}-{g}-{mode}")
+            for method in CUT:  # the G = n row again under each mode, for plotting only
+                src = matryoshka_n if method == "matryoshka" else vanilla_n
+                records.append({**src, "method": method, "mode": mode, "full_size_copy": True})
+    return records, replicates
+
+
+def planted(**by_method):
+    """FVU 0.2 except where by_method says otherwise: {method: value or f(size, mode, seed)}."""
+    def f(method, size, mode, seed):
+        v = by_method.get(method.replace("-", "_"), 0.2)
+        return v(size, mode, seed) if callable(v) else v
+    return f
+
+
+def counted(f):
+    return [c for c in f.comparisons if c.get("counted", True)]
+
+
+# ---- the rule -----------------------------------------------------------------------------------
+def test_verdict_rule_can_say_every_word():
+    assert verdict(0, 0, 0) == "inconclusive"
+    assert verdict(3, 1, 0) == "supported" and verdict(2, 2, 0) == "supported"
+    assert verdict(1, 3, 0) == "inconclusive"  # mostly ties
+    assert verdict(0, 1, 3) == "contradicted" and verdict(0, 2, 2) == "contradicted"
+    assert verdict(5, 0, 1) == "mixed"
+    assert aggregate(["win", "win"]) == "win" and aggregate(["win", "tie"]) == "tie" and aggregate(["loss", None]) == "tie"
+    assert all(word in VERDICT_RULE for word in VERDICTS)
+
+
+def test_identical_saes_tie_everywhere_and_are_inconclusive():
+    records, reps = build_study()
+    for f in (ordering_finding(records, reps), matryoshka_finding(records, reps), matched_vanilla_finding(records, reps)):
+        assert f.comparisons and all(c["outcome"] == "tie" for c in f.comparisons), f.key
+        assert (f.wins, f.losses) == (0, 0) and f.ties == len(f.comparisons)
+        assert f.verdict == "inconclusive"
+
+
+def test_close_numbers_inside_the_noise_are_ties_not_losses():
+    # 0.9915 vs 0.9924 style: a difference far smaller than the per-SAE noise
+    records, reps = build_study(planted(matryoshka=0.2009), own=0.01)
+    f = matryoshka_finding(records, reps)
+    fvu = [c for c in f.comparisons if c["metric"] == "fvu" and c["mode"] != "full"]
+    assert fvu and all(c["outcome"] == "tie" for c in fvu)
+
+
+def test_planted_extra_error_is_a_loss_and_contradicts():
+    records, reps = build_study(planted(matryoshka=0.3), own=0.005)
+    f = matryoshka_finding(records, reps)
+    assert f.verdict == "contradicted" and f.wins == 0 and f.losses == len(counted(f)) > 0
+    for c in f.comparisons:
+        s = c["seeds"]["0"]
+        lo, hi = s["ci"]
+        assert c["outcome"] == "loss" and (lo > 0 or hi < 0)
+        assert (s["diff"] > 0) == (c["metric"] == "fvu")  # Matryoshka has the higher FVU and the lower RSA / CE
+    assert "Losses:" in f.evidence and "fvu mask G=64" in f.evidence
+
+
+def test_planted_claimed_winner_supports():
+    records, reps = build_study(planted(matryoshka=0.1), own=0.005)
+    assert matryoshka_finding(records, reps).verdict == "supported"
+    records, reps = build_study(planted(pruned_ef2=0.1, pruned_freq=0.2, pruned_unsorted=0.3), own=0.005)
+    f = ordering_finding(records, reps)
+    assert f.verdict == "supported" and (f.wins, f.ties, f.losses) == (2 * len(GS) * len(MODES), 0, 0)
+
+
+def test_ordering_with_ef2_worse_than_frequency_is_contradicted():
+    records, reps = build_study(planted(pruned_ef2=0.3), own=0.005)
+    f = ordering_finding(records, reps)
+    # ef2 vs freq loses at every (G, mode); freq vs unsorted ties: no wins, half losses
+    assert (f.wins, f.ties, f.losses) == (0, 4, 4) and f.verdict == "contradicted"
+
+
+def test_win_in_one_seed_and_tie_in_the_other_counts_as_tie():
+    records, reps = build_study(planted(matryoshka=lambda size, mode, seed: 0.1 if seed == 0 else 0.2), seeds=(0, 1))
+    f = matryoshka_finding(records, reps)
+    cut = [c for c in f.comparisons if c["mode"] != "full"]
+    assert cut and all(c["seeds"]["0"]["outcome"] == "win" and c["seeds"]["1"]["outcome"] == "tie" for c in cut)
+    assert all(c["outcome"] == "tie" for c in cut) and f.wins == 0 and f.verdict == "inconclusive"
+    records, reps = build_study(planted(matryoshka=0.1), seeds=(0, 1))
+    assert matryoshka_finding(records, reps).verdict == "supported"  # winning in both seeds does count
+
+
+def test_full_size_comparison_is_counted_once():
+    # only the trained Matryoshka-n is worse; the copies under mask / retopk must not count it again
+    records, reps = build_study(planted(matryoshka=lambda size, mode, seed: 0.3 if size == N else 0.2))
+    f = matryoshka_finding(records, reps)
+    at_n = [c for c in f.comparisons if c["size"] == N]
+    assert len(at_n) == 4 and {c["mode"] for c in at_n} == {"full"} and {c["b"] for c in at_n} == {"vanilla"}
+    assert len(f.comparisons) == len(GS) * len(MODES) * 4 + 4
+    assert f.losses == 4 and f.wins == 0 and f.verdict == "inconclusive"  # 4 losses of 20: not half
+    assert all(c["size"] < N for c in ordering_finding(records, reps).comparisons)
+
+
+def test_matryoshka_vs_size_matched_vanilla_is_context():
+    records, reps = build_study(planted(vanilla=lambda size, mode, seed: 0.1 if size < N else 0.2), own=0.005)
+    f = matched_vanilla_finding(records, reps)
+    assert f.context and len(f.comparisons) == len(GS) * len(MODES) and f.verdict == "contradicted"
+    assert {c["b"] for c in f.comparisons} == {"vanilla"}
+
+
+def test_missing_replicates_give_ties():
+    records, _ = build_study(planted(matryoshka=0.3))
+    f = matryoshka_finding(records, {})
+    assert all(c["outcome"] == "tie" and c["seeds"]["0"]["ci"] is None for c in f.comparisons)
+    assert f.verdict == "inconclusive"
+
+
+# ---- interpretability ---------------------------------------------------------------------------
+BAND_NAMES = ("0-64", "64-128", "128-256")
+
+
+def band_set(means, n=40, spread=0.05, seed=0, measured=None):
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i, (name, m) in enumerate(zip(BAND_NAMES, means)):
+        scores = (m + spread * rng.standard_normal(n)).tolist()
+        ok = measured is None or measured[i]
+        out[name] = {"band": name, "start": 0, "end": 0, "sampled": n, "eligible": n, "scored": n if ok else 0,
+                     "latents": n if ok else 0, "mean": float(np.mean(scores)) if ok else None, "lo": None, "hi": None,
+                     "firing_frequency": 0.01, "measured": ok, "scores": scores if ok else []}
+    return out
+
+
+def test_interpretability_vanilla_ahead_most_in_outer_bands_is_supported():
+    bands = {s: {"pruned-ef2": band_set((0.7, 0.7, 0.7), seed=s), "matryoshka": band_set((0.65, 0.5, 0.3), seed=10 + s)}
+             for s in (0, 1)}
+    f = interpretability_finding(bands)
+    assert f.verdict == "supported" and (f.wins, f.ties, f.losses) == (2, 0, 0)
+    per_band = [c for c in f.comparisons if not c["counted"]]
+    assert [c["band"] for c in per_band] == list(BAND_NAMES)
+    outer = per_band[-1]["seeds"]["0"]
+    assert outer["diff"] == pytest.approx(0.4, abs=0.05) and outer["ci"][0] > 0
+
+
+def test_interpretability_reversed_is_contradicted():
+    bands = {0: {"pruned-ef2": band_set((0.65, 0.5, 0.3)), "matryoshka": band_set((0.7, 0.7, 0.7), seed=10)}}
+    f = interpretability_finding(bands)
+    assert f.verdict == "contradicted" and (f.wins, f.losses) == (0, 2)
+
+
+def test_interpretability_gap_largest_inner_is_mixed_and_unmeasured_bands_are_named():
+    bands = {0: {"pruned-ef2": band_set((0.9, 0.7, 0.7)), "matryoshka": band_set((0.5, 0.6, 0.65), seed=10)}}
+    assert interpretability_finding(bands).verdict == "mixed"  # ahead overall, but the gap shrinks outward
+    bands = {0: {"pruned-ef2": band_set((0.7, 0.7, 0.7), measured=(True, True, False)),
+                 "matryoshka": band_set((0.65, 0.3, 0.3), seed=10)}}
+    f = interpretability_finding(bands)
+    assert "128-256 (pruned-ef2 not measured)" in f.evidence
+    assert [c["band"] for c in f.comparisons if not c["counted"]] == ["0-64", "64-128"]  # outer = last measured pair
+    assert f.verdict == "supported"
+
+
+def test_interpretability_equal_scores_are_inconclusive():
+    same = band_set((0.6, 0.6, 0.6))
+    f = interpretability_finding({0: {"pruned-ef2": same, "matryoshka": same}})
+    assert f.verdict == "inconclusive" and f.wins == f.losses == 0
+    assert interpretability_finding(None).verdict == "inconclusive"
+
+
+# ---- power law and training time ------------------------------------------------------------------
+def fit(supported=True, r2=0.97, rejected=()):
+    return {"alpha": 1.9, "alpha_ci": [1.85, 1.95], "r2": r2, "fit_range": [10, 200], "n_live": 250,
+            "mle": {"comparisons": {"lognormal": {"R": -3.0, "p": 0.001, "preferred": "lognormal" if rejected else "inconclusive"},
+                                    "exponential": {"R": 30.0, "p": 0.001, "preferred": "power_law"}}},
+            "rejected_for": list(rejected), "supported": supported}
+
+
+def test_power_law_verdict_from_supported_flags():
+    assert power_law_finding({0: fit(), 1: fit()}).verdict == "supported"
+    f = power_law_finding({0: fit(False, rejected=["lognormal"]), 1: fit(False, r2=0.5)})
+    assert f.verdict == "contradicted" and f.losses == 2
+    assert "lognormal significantly better" in f.evidence and "R² 0.500 < 0.9" in f.evidence
+    assert power_law_finding({0: fit(), 1: fit(False, rejected=["lognormal"])}).verdict == "mixed"
+    assert power_law_finding({}).verdict == "inconclusive"
+    ev = power_law_finding({0: fit()}).evidence
+    assert "α = 1.9 [1.85, 1.95]" in ev and "R² = 0.97" in ev and "ranks 10–200" in ev and "lognormal: R = -3" in ev
+
+
+def test_training_time_ratio_per_seed():
+    def t(*pairs):
+        return {"n_latents": N, "train": {str(s): {f"vanilla-{N}": v, f"matryoshka-{N}": m, "vanilla-64": 1.0}
+                                          for s, (v, m) in enumerate(pairs)}}
+    f = training_time_finding(t((10, 12), (10, 13)))
+    assert f.verdict == "supported" and "mean 1.25×" in f.evidence and "1.20–1.30×" in f.evidence
+    assert training_time_finding(t((10, 16), (10, 17))).verdict == "contradicted"
+    assert training_time_finding(t((10, 12), (10, 17))).verdict == "mixed"
+    assert training_time_finding({}).verdict == "inconclusive"
+
+
+def test_compute_findings_is_json_serialisable():
+    records, reps = build_study(planted(matryoshka=0.1), seeds=(0, 1), own=0.005)
+    bands = {s: {"pruned-ef2": band_set((0.7, 0.7, 0.7)), "matryoshka": band_set((0.65, 0.5, 0.3), seed=10)} for s in (0, 1)}
+    timings = {"n_latents": N, "train": {"0": {f"vanilla-{N}": 10.0, f"matryoshka-{N}": 12.0}}}
+    findings = compute_findings(records, reps, {0: fit(), 1: fit()}, bands, timings)
+    assert [f.key for f in findings] == ["power_law", "ordering", "matryoshka", "matryoshka_vs_matched", "interpretability",
+                                         "training_time"]
+    assert all(f.verdict in VERDICTS for f in findings)
+    back = json.loads(json.dumps([f.to_dict() for f in findings]))
+    assert back[2]["verdict"] == "supported" and back[2]["wins"] == len(findings[2].comparisons)
+    assert set(back[2]["comparisons"][0]["seeds"]) == {"0", "1"}
