@@ -26,6 +26,8 @@ class SimilarityConfig(BaseModel):
     tokens: int = 1000  # held-out rows: a seeded sample of whole contexts holding about this many
     seed: int = 0
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    # source -> the source whose full-size variant is its reference for rsa_full/cka_full (default: its own largest)
+    references: dict[str, str] = Field(default_factory=dict)
 
 
 class SimilarityResult(Record):
@@ -140,12 +142,14 @@ def evaluate_similarity(store, variants: list[Variant], cfg: SimilarityConfig | 
     Kx = _gram(x_ND)
     sKx = blk.quad(Kx * Kx)
     recon = {v.name: v.sae(sae_input(v.sae, x_ND)).float().cpu() for v in variants}
-    full = full_size_of(variants)
-    full_stats = {}
-    for src, f in full.items():
+    own = full_size_of(variants)
+    full = {src: own.get(cfg.references.get(src, src), own[src]) for src in own}
+    by_ref: dict[str, tuple] = {}  # sources sharing a reference rank it once
+    for f in {f.name: f for f in full.values()}.values():
         F = blk.symmetric(rankdata(cosine_similarity_upper(recon[f.name])))
         Kf = _gram(recon[f.name])
-        full_stats[src] = (F, blk.quad(F), blk.quad(F * F), Kf, blk.quad(Kf * Kf))
+        by_ref[f.name] = (F, blk.quad(F), blk.quad(F * F), Kf, blk.quad(Kf * Kf))
+    full_stats = {src: by_ref[f.name] for src, f in full.items()}
     out = []
     for v in variants:
         ref = full[v.source]

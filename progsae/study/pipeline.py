@@ -161,6 +161,13 @@ def run_families(ctx: RunContext) -> dict:
 
 
 # ---- 5. evaluate --------------------------------------------------------------------------------
+def rsa_references(cfg: StudyConfig) -> dict[str, str]:
+    """Each cut SAE's full-size parent: the reference of its rsa_full (the family's own full-size reconstruction)."""
+    n = cfg.n_latents
+    return {m["folder"]: f"{seed_dir(m['seed'])}/saes/{'matryoshka' if m['order'] == 'prefix' else 'vanilla'}-{n}"
+            for m in family_members(cfg) if "order" in m}
+
+
 def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | None = None):
     from progsae.evals.bootstrap import BootstrapConfig
     from progsae.evals.interp.score import InterpConfig
@@ -176,7 +183,7 @@ def eval_run_config(cfg: StudyConfig, metrics: list[str], sizes: list[int] | Non
         explainer=e.interp_explainer, llm_url=e.interp_llm_url, llm_model=e.interp_llm_model,
         recon=ReconstructionConfig(max_tokens=e.recon_tokens, seed=e.seed, bootstrap=boot),
         ce=LMLossConfig(contexts=e.ce_contexts, batch_size=e.ce_batch_size, seed=e.seed, bootstrap=boot),
-        rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed, bootstrap=boot),
+        rsa=SimilarityConfig(tokens=e.rsa_tokens, seed=e.seed, bootstrap=boot, references=rsa_references(cfg)),
         interp=InterpConfig(latents_per_band=e.interp_latents_per_band, seed=e.seed),
     )
 
