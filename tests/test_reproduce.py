@@ -66,7 +66,8 @@ def test_quick_preset_writes_every_file_with_the_schema(quick_run):
     out, _, _ = quick_run
     for rel in ("report.md", "report.html", "results.json", "seed-0/power_law.json", "seed-1/power_law.json", "timings.json",
                 "findings.json", "rows.json", "figures/power_law-seed-0.png", "figures/fvu.png", "figures/ce_recaptured_zero.png", "figures/delta_ce.png",
-                "figures/rsa.png", "figures/interp_bands.png"):
+                "figures/rsa.png", "figures/interp_bands.png", "figures/paired_differences.png", "figures/l0_fvu_frontier.png",
+                "figures/training_curves.png"):
         assert (out / rel).stat().st_size > 0, rel
     records = json.loads((out / "results.json").read_text())
     assert records and all(set(r) - {"full_size_copy"} == RECORD_KEYS for r in records)
@@ -101,3 +102,4 @@ def test_quick_preset_writes_every_file_with_the_schema(quick_run):
     findings = json.loads((out / "findings.json").read_text())
     assert len(findings) >= 5 and all(f["verdict"] in {"supported", "contradicted", "mixed", "inconclusive"} for f in findings)
     assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert "## Is the run big enough to judge?" in (out / "report.md").read_text()

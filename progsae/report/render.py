@@ -134,13 +134,15 @@ def outliers_section(outliers: dict | None) -> list[str]:
 
 
 def render_markdown(title: str, summary: list[str], findings: list[Finding], figures: list[tuple[str, str]],
-                    records: list[dict], timings_rows: list[list], outliers: dict | None = None) -> str:
+                    records: list[dict], timings_rows: list[list], outliers: dict | None = None,
+                    extra: list[str] | None = None) -> str:
     """The report as markdown; figures are referenced by relative path (markdown_to_html embeds them).
 
     findings: from compute_findings; timings_rows: [[SAE, seconds, ratio to vanilla-n], ...];
-    outliers: {split: {rows, dropped, positions, variance_share, rule}} (rows.json)."""
+    outliers: {split: {rows, dropped, positions, variance_share, rule}} (rows.json); extra: markdown lines placed
+    after the findings (the sufficiency checks of a study)."""
     parts = [f"# {title}", "", *[s for s in summary if s], "", "## Findings", "", findings_table(findings), "",
-             VERDICT_RULE, ""]
+             VERDICT_RULE, "", *(extra or [])]
     parts += ["## Figures", ""]
     for caption, rel in figures:
         parts += [f"### {caption}", "", f"![{caption}]({rel})", ""]

@@ -7,6 +7,8 @@ import json
 from progsae.report.findings import compute_findings
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
+from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
+from progsae.report.sufficiency import density_rows, plateau_check, size_check, sufficiency_section, training_curves_figure
 from progsae.sae.io import atomic_write_json
 
 SIZE_FIGURES = (
@@ -20,7 +22,8 @@ SIZE_FIGURES = (
 
 def write_study_report(ctx) -> None:
     """Read the run folder's results and write figures, timings.json, findings.json, report.md and report.html."""
-    from progsae.study.pipeline import load_replicates, seed_dir, timings
+    from progsae.study.pipeline import load_replicates, sae_folders, seed_dir, timings
+    from progsae.train.metrics import read_metrics
 
     cfg, out = ctx.cfg, ctx.out
     records = json.loads(ctx.path("results.json").read_text())
@@ -37,6 +40,17 @@ def write_study_report(ctx) -> None:
             figures.append((caption, f"figures/{metric}.png"))
     if plot_interp_bands(bands, ctx.path("figures", "interp_bands.png")):
         figures.append(("Interpretability (explain-then-simulate Pearson r) per importance band", "figures/interp_bands.png"))
+    reps = load_replicates(ctx)
+    if plot_paired_differences(records, reps, ctx.path("figures", "paired_differences.png")):
+        figures.append(("Paired differences: Matryoshka − pruned-ef2 and − size-matched vanilla (FVU, recaptured CE), "
+                        "95% paired-bootstrap intervals per seed", "figures/paired_differences.png"))
+    if plot_l0_fvu_frontier(records, ctx.path("figures", "l0_fvu_frontier.png")):
+        figures.append(("L0–FVU frontier of the main methods (mean over seeds, 95% interval envelopes)", "figures/l0_fvu_frontier.png"))
+    curves = {f: read_metrics(ctx.path(f)) for f in sae_folders(cfg) if ctx.path(f, "metrics.jsonl").exists()}
+    if training_curves_figure(curves, ctx.path("figures", "training_curves.png")):
+        figures.append(("Training curves of every SAE (FVU, L0, dead fraction against tokens)", "figures/training_curves.png"))
+    recon = json.loads(ctx.path("evals", "recon.json").read_text()).get("reconstruction", []) if ctx.path("evals", "recon.json").exists() else []
+    sufficiency = sufficiency_section([size_check(records, reps), plateau_check(curves)], density_rows(recon))
 
     n = cfg.n_latents
     timing_rows = []
@@ -57,7 +71,8 @@ def write_study_report(ctx) -> None:
         "Every verdict below is computed from results.json, the bootstrap replicates in evals/, seed-*/power_law.json and "
         "evals/bands.json by progsae.report.findings.",
     ]
-    findings = compute_findings(records, load_replicates(ctx), power_laws, bands, t)
+    findings = compute_findings(records, reps, power_laws, bands, t)
     atomic_write_json(ctx.path("findings.json"), [f.to_dict() for f in findings])
-    md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows, outliers=outliers)
+    md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows, outliers=outliers,
+                         extra=sufficiency)
     write_report(out, md)

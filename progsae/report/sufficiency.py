@@ -1,0 +1,135 @@
+"""Is the run big enough to judge size? Checks computed from the run folder; a failed one marks the verdicts unreliable.
+
+1. Size-matched vanilla SAEs: held-out FVU falls with n at every step, the paired interval of
+   FVU(smaller) − FVU(larger) above zero in every seed. If a bigger dictionary does not help, the
+   run is in a regime where size hardly matters and no claim about sizes can be judged.
+2. Training has levelled off: over the last 10% of training tokens the training-batch FVU (held-out
+   FVU is not logged during training) changes by less than MAX_LATE_CHANGE of its value, for every SAE.
+The dead and dense fractions of every SAE on the test rows are reported beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from progsae.evals.bootstrap import paired
+from progsae.report.figures import save_png
+
+MAX_LATE_CHANGE = 0.02  # relative change of training-batch FVU over the last 10% of tokens
+LATE_WINDOW = 0.05  # FVU is averaged over logs in [0.85, 0.90] and [0.95, 1.0] of the tokens: batch noise averages out
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None  # None: could not be measured
+    evidence: str
+
+
+def size_check(records: list[dict], replicates: dict) -> Check:
+    """Size-matched vanilla FVU falls with n at every step, interval apart, in every seed."""
+    name = "bigger size-matched vanilla SAEs reconstruct better (FVU falls with n)"
+    full = [r for r in records if r["method"] == "vanilla" and r["mode"] == "full" and not r.get("full_size_copy")]
+    seeds = sorted({r["seed"] for r in full})
+    parts, ok, steps = [], True, 0
+    for s in seeds:
+        by_size = sorted((r["size"], r) for r in full if r["seed"] == s)
+        for (g1, a), (g2, b) in zip(by_size, by_size[1:]):
+            c = paired(a["fvu"], b["fvu"], (replicates.get(a["folder"]) or {}).get("fvu"), (replicates.get(b["folder"]) or {}).get("fvu"), better=1)
+            holds = c.outcome == "win"  # FVU(smaller) − FVU(larger) > 0
+            ok &= holds
+            steps += 1
+            ci = "no interval" if c.ci is None else f"[{c.ci[0]:+.4f}, {c.ci[1]:+.4f}]"
+            parts.append(f"seed {s}: FVU(n={g1}) − FVU(n={g2}) = {c.diff:+.4f} {ci}{'' if holds else ' ✗'}")
+    if steps == 0:
+        return Check(name, None, "fewer than two size-matched vanilla SAEs")
+    return Check(name, ok, "; ".join(parts))
+
+
+def late_change(curve: list[dict]) -> float | None:
+    """Relative change of training-batch FVU between tokens [0.85, 0.90] and [0.95, 1.0] of the run."""
+    if not curve:
+        return None
+    total = curve[-1]["tokens"]
+    def mean_fvu(lo, hi):
+        vals = [m["fvu"] for m in curve if lo * total <= m["tokens"] <= hi * total and m.get("fvu") is not None]
+        return float(np.mean(vals)) if vals else None
+    before, after = mean_fvu(0.9 - LATE_WINDOW, 0.9), mean_fvu(1.0 - LATE_WINDOW, 1.0)
+    if before is None or after is None or after == 0:
+        return None
+    return (before - after) / after
+
+
+def plateau_check(curves: dict[str, list[dict]]) -> Check:
+    name = f"training has levelled off (training-batch FVU changes < {MAX_LATE_CHANGE:.0%} over the last 10% of tokens)"
+    changes = {f: late_change(c) for f, c in curves.items()}
+    measured = {f: v for f, v in changes.items() if v is not None}
+    if not measured:
+        return Check(name, None, "no training curves with enough logged steps")
+    worst = max(measured, key=lambda f: abs(measured[f]))
+    failing = sorted(f for f, v in measured.items() if abs(v) >= MAX_LATE_CHANGE)
+    evidence = f"largest change {measured[worst]:+.1%} ({worst}) over {len(measured)} SAEs"
+    if failing:
+        evidence += f"; still falling: {', '.join(failing)}"
+    return Check(name, not failing, evidence)
+
+
+def density_rows(recon_records: list[dict]) -> list[list]:
+    """[SAE, dead fraction, dense fraction, L0] of every full-size or size-matched SAE on the test rows."""
+    rows = []
+    for r in recon_records:
+        if "/saes/" in r["source"] and r.get("mode") is None:
+            rows.append([r["source"], r["dead_fraction"], r["dense_fraction"], r["l0"]])
+    return sorted(rows)
+
+
+def training_curves_figure(curves: dict[str, list[dict]], path: Path) -> Path | None:
+    """FVU, L0 and dead fraction against training tokens for every SAE (one colour per SAE name, a line style per seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not curves:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = sorted({f.rsplit("/", 1)[-1] for f in curves})
+    colours = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+    styles = ["-", "--", ":", "-."]
+    seeds = sorted({f.split("/", 1)[0] for f in curves})
+    for folder, curve in sorted(curves.items()):
+        seed, name = folder.split("/", 1)[0], folder.rsplit("/", 1)[-1]
+        t = [m["tokens"] for m in curve]
+        for ax, key in zip(axes, ("fvu", "l0", "dead_frac")):
+            ax.plot(t, [m.get(key) for m in curve], color=colours[name], ls=styles[seeds.index(seed) % 4], lw=1.2,
+                    label=name if seed == seeds[0] else None)
+    for ax, label in zip(axes, ("training-batch FVU", "L0", "dead fraction")):
+        ax.set_xlabel("training tokens")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=8, title=f"line style: {', '.join(seeds)}", title_fontsize=8)
+    fig.suptitle("Training curves of every SAE")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
+def sufficiency_section(checks: list[Check], density: list[list]) -> list[str]:
+    """Markdown lines: the checks, what a failure means, and the dead/dense table."""
+    failed = [c for c in checks if c.passed is False]
+    lines = ["## Is the run big enough to judge?", ""]
+    if failed:
+        lines += [f"**The verdicts above are unreliable:** {'; '.join(c.name for c in failed)} did not hold.", ""]
+    else:
+        lines += ["Every check below held, so the run is in a regime where dictionary size matters.", ""]
+    lines += ["| check | result | numbers |", "|---|---|---|"]
+    for c in checks:
+        word = {True: "holds", False: "**fails**", None: "not measured"}[c.passed]
+        lines.append(f"| {c.name} | {word} | {c.evidence} |")
+    lines += ["", "Dead and dense latents of each trained SAE on the test rows (dense: fires on more than 10% of tokens):", "",
+              "| SAE | dead fraction | dense fraction | L0 |", "|---|---|---|---|"]
+    lines += [f"| {s} | {d:.3f} | {e:.4f} | {l0:.1f} |" for s, d, e, l0 in density]
+    return lines + [""]

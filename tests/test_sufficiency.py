@@ -1,0 +1,36 @@
+"""Sufficiency checks: they pass on a run where size matters and has levelled off, and fail where it does not."""
+
+import numpy as np
+
+from progsae.report.sufficiency import late_change, plateau_check, size_check, sufficiency_section
+
+
+def _records(fvus: dict[int, float], noise: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, noise, 500)  # shared resampling: the replicates of every SAE move together
+    records, reps = [], {}
+    for size, fvu in fvus.items():
+        folder = f"seed-0/saes/vanilla-{size}"
+        records.append({"seed": 0, "method": "vanilla", "size": size, "mode": "full", "folder": folder, "fvu": fvu})
+        reps[folder] = {"fvu": fvu + base + rng.normal(0, noise / 10, 500)}
+    return records, reps
+
+
+def test_size_check_holds_when_fvu_falls_with_n_and_fails_when_it_does_not():
+    ok = size_check(*_records({64: 0.30, 128: 0.25, 256: 0.20}, noise=0.01))
+    assert ok.passed is True and "FVU(n=64) − FVU(n=128) = +0.0500" in ok.evidence
+    flat = size_check(*_records({64: 0.30, 128: 0.25, 256: 0.2502}, noise=0.01))
+    assert flat.passed is False and "✗" in flat.evidence
+    assert size_check([], {}).passed is None
+
+
+def test_plateau_check_measures_the_last_ten_percent_of_training():
+    flat = [{"tokens": t, "fvu": 0.2} for t in range(1000, 100_001, 1000)]
+    falling = [{"tokens": t, "fvu": 1.0 / (t / 1000)} for t in range(1000, 100_001, 1000)]
+    assert abs(late_change(flat)) < 1e-12
+    assert late_change(falling) > 0.05
+    assert plateau_check({"a": flat}).passed is True
+    check = plateau_check({"a": flat, "b": falling})
+    assert check.passed is False and "still falling: b" in check.evidence
+    lines = sufficiency_section([check], [["b", 0.1, 0.0, 32.0]])
+    assert any("unreliable" in line for line in lines)
