@@ -9,6 +9,7 @@ from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
 from progsae.report.sufficiency import density_rows, plateau_check, size_check, sufficiency_section, training_curves_figure
+from progsae.provenance import environment
 from progsae.sae.io import atomic_write_json
 
 SIZE_FIGURES = (
@@ -23,6 +24,7 @@ SIZE_FIGURES = (
 def write_study_report(ctx) -> None:
     """Read the run folder's results and write figures, timings.json, findings.json, report.md and report.html."""
     from progsae.study.pipeline import load_replicates, sae_folders, seed_dir, timings
+    from progsae.study.stages import read_marker
     from progsae.train.metrics import read_metrics
 
     cfg, out = ctx.cfg, ctx.out
@@ -71,8 +73,14 @@ def write_study_report(ctx) -> None:
         "Every verdict below is computed from results.json, the bootstrap replicates in evals/, seed-*/power_law.json and "
         "evals/bands.json by progsae.report.findings.",
     ]
+    prov = {**environment(cfg.device), "seeds": cfg.seeds, "outlier_factor": cfg.outlier_factor,
+            "rows_dropped": {split: v["dropped"] for split, v in outliers.items()}, "stage_seconds": t["stages"],
+            "stage_commits": {name: (read_marker(out, name) or {}).get("git_commit") for name in t["stages"]}}
+    atomic_write_json(ctx.path("provenance.json"), prov)
     findings = compute_findings(records, reps, power_laws, bands, t)
     atomic_write_json(ctx.path("findings.json"), [f.to_dict() for f in findings])
     md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows, outliers=outliers,
                          extra=sufficiency)
+    md += "\n".join(["", "## Provenance", "", "Also in `provenance.json` beside `results.json`.", "",
+                      "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in prov.items()), ""])
     write_report(out, md)

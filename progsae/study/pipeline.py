@@ -319,7 +319,7 @@ STAGES = [
           owns=lambda cfg: ("families", *(f"{seed_dir(s)}/families" for s in cfg.seeds))),
     Stage("evaluate", ("eval",), ("families",), lambda cfg: ("results.json", "evals/bands.json"), run_evaluate,
           owns=("evals", "results.json")),
-    Stage("report", (), ("evaluate",), lambda cfg: ("report.md", "report.html", "timings.json"), run_report,
-          owns=("report.md", "report.html", "timings.json", "findings.json")),
+    Stage("report", (), ("evaluate",), lambda cfg: ("report.md", "report.html", "timings.json", "provenance.json"), run_report,
+          owns=("report.md", "report.html", "timings.json", "findings.json", "provenance.json")),
 ]
 STAGE_NAMES = [s.name for s in STAGES]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from progsae.config import StudyConfig
 from progsae.errors import ProgsaeError
+from progsae.provenance import git_commit
 from progsae.sae.io import atomic_write_json
 
 
@@ -118,6 +119,7 @@ def run_stages(stages: list[Stage], ctx: RunContext, force: set[str] = frozenset
             "key": stage_key(stage, ctx),
             "seconds": round(time.perf_counter() - t0, 2),
             "finished": datetime.now(timezone.utc).isoformat(),
+            "git_commit": git_commit(),  # the code this stage ran
             **facts,
         }
         atomic_write_json(marker_path(ctx.out, stage.name), record)
