@@ -252,3 +252,15 @@ def test_compute_findings_is_json_serialisable():
     back = json.loads(json.dumps([f.to_dict() for f in findings]))
     assert back[2]["verdict"] == "supported" and back[2]["wins"] == len(findings[2].comparisons)
     assert set(back[2]["comparisons"][0]["seeds"]) == {"0", "1"}
+
+
+def test_a_claim_whose_seeds_disagree_is_marked_seed_dependent():
+    from progsae.report.findings import Finding, mark_seed_dependence
+
+    agree = {"label": "x", "counted": True, "outcome": "win", "seeds": {"0": {"outcome": "win"}, "1": {"outcome": "win"}}}
+    split = {"label": "y", "counted": True, "outcome": "tie", "seeds": {"0": {"outcome": "win"}, "1": {"outcome": "loss"}}}
+    same = mark_seed_dependence(Finding("c", "supported", "e", 1, 0, 0, [agree], "ordering"))
+    assert same.per_seed == {"0": "supported", "1": "supported"} and not same.seed_dependent
+    diff = mark_seed_dependence(Finding("c", "supported", "e", 1, 1, 0, [agree, split], "ordering"))
+    assert diff.per_seed == {"0": "supported", "1": "mixed"} and diff.seed_dependent
+    assert diff.evidence.startswith("Seed-dependent: seed 0 supported, seed 1 mixed")

@@ -47,7 +47,7 @@ def test_all_findings_and_report_files(tmp_path):
                          records, [["vanilla-256", 10.0, 1.0]], outliers=OUTLIERS)
     md_path, html_path = write_report(tmp_path, md)
     text = md_path.read_text()
-    assert "| claim (PAPER.md §7) | this run | w / t / l | numbers |" in text
+    assert "| claim (docs/method.md) | this run | w / t / l | numbers |" in text
     assert "| 8 / 0 / 0 |" in text  # the ordering finding: 2 pairs x 2 sizes x 2 modes, all won
     assert VERDICT_RULE in text
     # results cells carry their interval; the plot-only G = n copies are not listed again

@@ -1,4 +1,4 @@
-"""Run the whole study of PAPER.md and write the report (resumable: finished stages are skipped).
+"""Run the whole study of docs/method.md and write the report (resumable: finished stages are skipped).
 
 Stages: collect -> train -> importance -> families -> evaluate -> report.
 Examples:

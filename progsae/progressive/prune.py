@@ -1,4 +1,4 @@
-"""Sorting an SAE by importance and pruning it to any size G (PAPER.md §5), and Matryoshka prefixes.
+"""Sorting an SAE by importance and pruning it to any size G (docs/method.md), and Matryoshka prefixes.
 
 Two ways to encode with the kept set:
 - "mask": the parent's full encoder, permuted so the kept latents come first, with cfg.mask_size = G

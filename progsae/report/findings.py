@@ -1,4 +1,4 @@
-"""The findings table: for each claim of PAPER.md §7, whether this run's numbers support it.
+"""The findings table: for each claim of docs/method.md, whether this run's numbers support it.
 
 Every verdict is computed here from results.json (records), the bootstrap replicates, the power-law fits,
 the interpretability bands and the timings; nothing in the report's findings is written by hand.
@@ -51,7 +51,9 @@ class Finding:
     losses: int = 0
     comparisons: list[dict] = field(default_factory=list)
     key: str = ""  # short stable id: power_law, ordering, matryoshka, matryoshka_vs_matched, interpretability, training_time
-    context: bool = False  # reported beside the claims of PAPER.md §7, not one of them
+    context: bool = False  # reported beside the claims of docs/method.md, not one of them
+    per_seed: dict = field(default_factory=dict)  # seed -> the verdict of that seed's comparisons on their own
+    seed_dependent: bool = False  # the seeds on their own do not all reach the same verdict
 
     def to_dict(self) -> dict:
         return _jsonable(asdict(self))
@@ -324,7 +326,7 @@ def matryoshka_finding(records: list[dict], replicates: dict | None = None, n: i
 
 def matched_vanilla_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
     """Context: Matryoshka prefixes vs vanilla SAEs trained at the same size G (FVU)."""
-    claim = "Context (not a PAPER.md §7 claim): a Matryoshka prefix of G latents has lower FVU than a vanilla SAE trained with G latents"
+    claim = "Context (not a claim of docs/method.md): a Matryoshka prefix of G latents has lower FVU than a vanilla SAE trained with G latents"
     n = n if n is not None else full_size(records)
     index, seeds = _index(records), _seeds(records)
     comps = []
@@ -475,15 +477,45 @@ def training_time_finding(timings: dict | None) -> Finding:
     return Finding(claim, per_seed_verdict(w, t, l_), evidence, w, t, l_, comps, "training_time")
 
 
+def seed_verdicts(f: Finding) -> dict[str, str]:
+    """The verdict each seed's comparisons reach on their own, by the same rule as the finding's."""
+    counted = [c for c in f.comparisons if c.get("counted", True)]
+    outcomes: dict[str, list[str]] = {}
+    for c in counted:
+        if isinstance(c.get("seeds"), dict):
+            for s, v in c["seeds"].items():
+                outcomes.setdefault(str(s), []).append(v["outcome"] if v else "tie")
+        elif "seed" in c:
+            outcomes.setdefault(str(c["seed"]), []).append(c["outcome"])
+    out = {}
+    for s, os_ in outcomes.items():
+        w, t, l_ = os_.count("win"), os_.count("tie"), os_.count("loss")
+        if f.key in ("power_law", "training_time"):
+            out[s] = per_seed_verdict(w, t, l_)
+        else:
+            v = verdict(w, t, l_)
+            out[s] = "inconclusive" if f.key == "interpretability" and v == "supported" and w < 2 else v
+    return out
+
+
+def mark_seed_dependence(f: Finding) -> Finding:
+    """Record each seed's own verdict; a claim whose seeds disagree is marked seed-dependent in its evidence."""
+    f.per_seed = seed_verdicts(f)
+    if len(set(f.per_seed.values())) > 1:
+        f.seed_dependent = True
+        f.evidence = ("Seed-dependent: " + ", ".join(f"seed {s} {v}" for s, v in sorted(f.per_seed.items())) + ". " + f.evidence)
+    return f
+
+
 def compute_findings(records: list[dict], replicates: dict | None, power_laws: dict | None, bands: dict | None,
                      timings: dict | None) -> list[Finding]:
-    """Every finding of the report, in the order of the table."""
+    """Every finding of the report, in the order of the table, each with its per-seed verdicts."""
     n = full_size(records, timings)
-    return [
+    return [mark_seed_dependence(f) for f in (
         power_law_finding(power_laws),
         ordering_finding(records, replicates, n),
         matryoshka_finding(records, replicates, n),
         matched_vanilla_finding(records, replicates, n),
         interpretability_finding(bands),
         training_time_finding(timings),
-    ]
+    )]

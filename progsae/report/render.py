@@ -44,8 +44,9 @@ def md_table(header: list[str], rows: list[list]) -> str:
 
 
 def findings_table(findings: list[Finding]) -> str:
-    return md_table(["claim (PAPER.md §7)", "this run", "w / t / l", "numbers"],
-                    [[f.claim, f"**{f.verdict}**", f"{f.wins} / {f.ties} / {f.losses}", f.evidence] for f in findings])
+    return md_table(["claim (docs/method.md)", "this run", "w / t / l", "numbers"],
+                    [[f.claim, f"**{f.verdict}**" + (" (seed-dependent)" if f.seed_dependent else ""),
+                      f"{f.wins} / {f.ties} / {f.losses}", f.evidence] for f in findings])
 
 
 def comparisons_section(findings: list[Finding]) -> list[str]:

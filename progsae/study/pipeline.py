@@ -1,4 +1,4 @@
-"""`progsae reproduce`: the study of PAPER.md as six resumable stages over one run folder.
+"""`progsae reproduce`: the study of docs/method.md as six resumable stages over one run folder.
 
     acts/                         activation store (train, validation, test)                  [collect]
     rows.json                     rows each split loses to the outlier rule                   [train]
