@@ -233,7 +233,7 @@ def _power_law_check(fit: dict) -> tuple[str, str]:
     bend, max_bend = fit.get("bend"), (fit.get("settings") or {}).get("max_bend")
     if bend is not None and max_bend is not None and abs(bend) > max_bend:
         head, tail = fit.get("local_alpha") or [None, None]
-        reasons.append(f"the exponent bends: head α {_g(head)} vs tail α {_g(tail)} (|bend| {abs(bend):.2f} > {max_bend})")
+        reasons.append(f"the exponent bends: head α {_g(head)} vs tail α {_g(tail)} (bend {bend:+.2f}, beyond ±{max_bend})")
     if fit.get("mle_error"):
         reasons.append(f"no likelihood fit ({fit['mle_error']}), so the alternatives are not ruled out")
     if reasons:
