@@ -289,7 +289,7 @@ TABLE_COLUMNS = ("variant", "fvu", "l0", "dead", "ce_recaptured_zero", "ce_recap
 
 
 def format_table(res: EvalResults) -> str:
-    """The results as an aligned text table, one line per evaluated variant."""
+    """The results as an aligned text table, one line per evaluated variant, each metric with its 95% interval."""
     seen, rows = set(), []
     for r in res.records:
         if r["variant"] in seen:
@@ -298,11 +298,17 @@ def format_table(res: EvalResults) -> str:
         rows.append(r)
     cols = [c for c in TABLE_COLUMNS if c == "variant" or any(r.get(c) is not None for r in rows)]
     fmt = lambda v: "-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
-    cells = [[fmt(r.get(c)) for c in cols] for r in rows]
+
+    def cell(r: dict, c: str) -> str:  # a metric with its interval, when it has one
+        ci = r.get(f"{c}_ci")
+        return fmt(r.get(c)) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci and None not in ci and r.get(c) is not None else "")
+
+    cells = [[cell(r, c) for c in cols] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
     lines += ["  ".join(x.rjust(w) if i else x.ljust(w) for i, (x, w) in enumerate(zip(row, widths))) for row in cells]
     for ir in res.interp:
         lines.append(f"interp {ir.source}: " + ", ".join(
-            f"{b.band}: {fmt(b.mean)} [{fmt(b.lo)}, {fmt(b.hi)}] (n={b.latents})" for b in ir.bands))
+            f"{b.band}: {fmt(b.mean)} [{fmt(b.lo)}, {fmt(b.hi)}] (n={b.latents})" if b.measured
+            else f"{b.band}: not measured ({b.latents} scored)" for b in ir.bands))
     return "\n".join(lines)
