@@ -103,6 +103,7 @@ def test_quick_preset_writes_every_file_with_the_schema(quick_run):
     assert len(findings) >= 5 and all(f["verdict"] in {"supported", "contradicted", "mixed", "inconclusive"} for f in findings)
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "## Is the run big enough to judge?" in (out / "report.md").read_text()
+    assert (out / "latents.html").read_text().count('class="card"') >= 5 and "latents.html" in (out / "report.md").read_text()
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["seeds"] == [0, 1] and prov["torch"].startswith("2.") and set(prov["rows_dropped"]) == {"train", "validation", "test"}
     assert all(len(c or "") >= 40 for c in prov["stage_commits"].values() if c is not None)

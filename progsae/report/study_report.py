@@ -83,4 +83,35 @@ def write_study_report(ctx) -> None:
                          extra=sufficiency)
     md += "\n".join(["", "## Provenance", "", "Also in `provenance.json` beside `results.json`.", "",
                       "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in prov.items()), ""])
+    if write_latents(ctx):
+        md += "\n\nThe latents behind the interpretability scores, with their top test contexts: [latents.html](latents.html)\n"
     write_report(out, md)
+
+
+def write_latents(ctx) -> bool:
+    """latents.html for seed 0's E[f²]-sorted vanilla SAE and Matryoshka SAE (the latents the interp eval scored)."""
+    from progsae.data.store import ActivationStore
+    from progsae.evals.interp.base import default_detokenize, tokenizer_detokenize
+    from progsae.evals.runner import _tokenizer_or_none
+    from progsae.progressive import sort_sae
+    from progsae.report.latents import latent_cards, write_latent_browser
+    from progsae.sae.io import load_sae
+    from progsae.study.pipeline import seed_dir
+
+    path = ctx.path("evals", "interp.json")
+    if not path.exists():
+        return False
+    cfg, sd, n = ctx.cfg, seed_dir(ctx.cfg.seeds[0]), ctx.cfg.n_latents
+    interp = {r["source"]: r for r in json.loads(path.read_text())["interp"]}
+    store = ActivationStore(ctx.path("acts"), outlier_factor=cfg.outlier_factor)
+    tok = _tokenizer_or_none(cfg.data.model)
+    detok = tokenizer_detokenize(tok) if tok is not None else default_detokenize
+    vanilla = load_sae(ctx.path(sd, "saes", f"vanilla-{n}"), device=cfg.device)
+    saes = {f"{sd}/pruned-ef2": ("vanilla SAE sorted by E[f²] (rank = E[f²] rank)", sort_sae(vanilla, "ef2", importance=ctx.path(sd, "importance.json"))),
+            f"{sd}/matryoshka": ("Matryoshka SAE (rank = position in the nested prefixes)", load_sae(ctx.path(sd, "saes", f"matryoshka-{n}"), device=cfg.device))}
+    sections = []
+    for source, (note, sae) in saes.items():
+        scored = [ls for ls in (interp.get(source) or {}).get("latents", []) if ls.get("score") is not None]
+        sections.append((f"{source}: {len(scored)} scored latents", note, latent_cards(store, sae, scored, detok)))
+    write_latent_browser(ctx.path("latents.html"), sections, title=f"progsae latent browser: {cfg.name}, {sd}")
+    return True

@@ -320,6 +320,6 @@ STAGES = [
     Stage("evaluate", ("eval",), ("families",), lambda cfg: ("results.json", "evals/bands.json"), run_evaluate,
           owns=("evals", "results.json")),
     Stage("report", (), ("evaluate",), lambda cfg: ("report.md", "report.html", "timings.json", "provenance.json"), run_report,
-          owns=("report.md", "report.html", "timings.json", "findings.json", "provenance.json")),
+          owns=("report.md", "report.html", "timings.json", "findings.json", "provenance.json", "latents.html")),
 ]
 STAGE_NAMES = [s.name for s in STAGES]
