@@ -9,7 +9,7 @@ import torch
 
 from progsae import SAEConfig, load_sae
 from progsae.progressive import importance, prune
-from progsae.sae import sae_class
+from test_prune import hand_sae
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,14 +19,8 @@ G = N // 4
 
 def calibrated_batchtopk(prefixes=None, seed: int = 0):
     """A random BatchTopK SAE whose threshold gives full-size mean L0 = k on random rows (as training would)."""
-    g = torch.Generator().manual_seed(seed)
-    sae = sae_class("batchtopk")(SAEConfig(architecture="batchtopk", d_in=D, n_latents=N, k=K, prefixes=prefixes))
+    sae = hand_sae("batchtopk", n=N, k=K, prefixes=prefixes, seed=seed)  # the threshold it draws is replaced below
     with torch.no_grad():
-        sae.W_enc.copy_(torch.randn(D, N, generator=g) * torch.logspace(0, -1.5, N)[torch.randperm(N, generator=g)])
-        sae.W_dec.copy_(torch.randn(N, D, generator=g))
-        sae.b_enc.copy_(torch.randn(N, generator=g) * 0.1)
-        sae.b_dec.copy_(torch.randn(D, generator=g) * 0.1)
-        sae.normalize_decoder()
         cal = rows(4096, seed=seed + 100)
         sae.threshold.copy_(sae.pre_acts(cal).relu().flatten().topk(K * cal.shape[0]).values[-1])
     return sae

@@ -96,6 +96,7 @@ class ActivationStore:
         self.d_model: int = int(self.meta["d_model"])
         self.outlier_factor = outlier_factor  # None keeps every row
         self._norms: dict[tuple[str, int], np.ndarray] = {}
+        self._keep: dict[tuple[str, int], np.ndarray | None] = {}
         self._rule: OutlierRule | None = None
 
     def check_sae(self, sae, name: str = "SAE") -> None:
@@ -164,8 +165,11 @@ class ActivationStore:
         rule = self.outlier_rule
         if rule is None:
             return None
-        keep = ~(self.row_norms(split, index) > rule.threshold)
-        return None if keep.all() else keep
+        key = (split, index)
+        if key not in self._keep:  # read by every batch buffer and context chunk: computed once per shard
+            keep = ~(self.row_norms(split, index) > rule.threshold)
+            self._keep[key] = None if keep.all() else keep
+        return self._keep[key]
 
     def kept_counts(self, split: str) -> list[int]:
         """Rows readers see, per shard."""
@@ -213,40 +217,41 @@ class ActivationStore:
         Yields (x [B, D], context [B] = position of each row's context in `contexts`, position [B] in
         its context). Outlier rows are left out, so a context can yield fewer rows than it stores."""
         rpc = self.rows_per_context
-        counts = self.context_counts(split)
-        contexts = np.arange(sum(counts)) if contexts is None else np.asarray(contexts)
+        contexts = np.arange(self.num_contexts(split)) if contexts is None else np.asarray(contexts)
         per_chunk = max(1, max_rows // rpc)
+        infos = self.shards(split)
+        for i, lo, hi, start in self._contexts_by_shard(split, contexts):
+            acts, keep, tokens = self.shard(split, i)["acts"], self.keep_mask(split, i), infos[i].tokens
+            for c0 in range(lo, hi, per_chunk):
+                local = contexts[c0 : min(hi, c0 + per_chunk)] - start
+                rows = (local[:, None] * rpc + np.arange(rpc)[None, :]).reshape(-1)
+                ctx = np.repeat(np.arange(c0, c0 + local.shape[0]), rpc)
+                pos = np.tile(np.arange(rpc), local.shape[0]) + self.first_position
+                ok = rows < tokens
+                if keep is not None:
+                    ok &= keep[np.minimum(rows, tokens - 1)]
+                rows, ctx, pos = rows[ok], ctx[ok], pos[ok]
+                if rows.shape[0]:
+                    yield as_tensor(acts[rows], dtype), ctx, pos
+
+    def _contexts_by_shard(self, split: str, contexts: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
+        """(shard, lo, hi, first context of the shard) for each shard holding contexts[lo:hi] (sorted global indices)."""
         start = 0
-        for i, (info, n_ctx) in enumerate(zip(self.shards(split), counts)):
+        for i, n_ctx in enumerate(self.context_counts(split)):
             lo, hi = np.searchsorted(contexts, [start, start + n_ctx])
             if hi > lo:
-                acts = self.shard(split, i)["acts"]
-                keep = self.keep_mask(split, i)
-                for c0 in range(lo, hi, per_chunk):
-                    local = contexts[c0 : min(hi, c0 + per_chunk)] - start
-                    rows = (local[:, None] * rpc + np.arange(rpc)[None, :]).reshape(-1)
-                    ctx = np.repeat(np.arange(c0, c0 + local.shape[0]), rpc)
-                    pos = np.tile(np.arange(rpc), local.shape[0]) + self.first_position
-                    ok = rows < info.tokens
-                    if keep is not None:
-                        ok &= keep[np.minimum(rows, info.tokens - 1)]
-                    rows, ctx, pos = rows[ok], ctx[ok], pos[ok]
-                    if rows.shape[0]:
-                        yield as_tensor(acts[rows], dtype), ctx, pos
+                yield i, int(lo), int(hi), start
             start += n_ctx
 
     def context_tokens(self, split: str, contexts: np.ndarray) -> np.ndarray:
         """Token ids [len(contexts), L] (int64) of the given global context indices of a text store."""
-        parts, start = [], 0
+        parts = []
         contexts = np.asarray(contexts)
-        for i, n_ctx in enumerate(self.context_counts(split)):
-            lo, hi = np.searchsorted(contexts, [start, start + n_ctx])
-            if hi > lo:
-                sh = self.shard(split, i)
-                if "token_ids" not in sh:
-                    raise ProgsaeError(f"{self.path}: shard {i} of '{split}' has no token_ids; the LM loss needs a store collected from text")
-                parts.append(np.asarray(sh["token_ids"][contexts[lo:hi] - start], dtype=np.int64))
-            start += n_ctx
+        for i, lo, hi, start in self._contexts_by_shard(split, contexts):
+            sh = self.shard(split, i)
+            if "token_ids" not in sh:
+                raise ProgsaeError(f"{self.path}: shard {i} of '{split}' has no token_ids; the LM loss needs a store collected from text")
+            parts.append(np.asarray(sh["token_ids"][contexts[lo:hi] - start], dtype=np.int64))
         if not parts:
             raise ProgsaeError(f"{self.path}: no contexts to read from '{split}'")
         return np.concatenate(parts)

@@ -10,6 +10,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from progsae.errors import ProgsaeError
+from progsae.evals.bootstrap import interval
 from progsae.sae.base import SAE
 from progsae.sae.io import atomic_write_json
 
@@ -44,8 +45,6 @@ class Record(BaseModel):
 
     def with_replicates(self, replicates: dict, level: float = 0.95) -> "Record":
         """Attach replicates per metric and set each metric's interval from them."""
-        from progsae.evals.bootstrap import interval
-
         self._replicates = dict(replicates)
         self.ci = {m: interval(r, level) for m, r in replicates.items()}
         return self

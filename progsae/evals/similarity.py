@@ -98,8 +98,8 @@ class _Blocks:
         self.P[np.arange(ctx_N.shape[0]), ctx_N] = 1.0
         self.W = np.vstack([np.ones((1, n_ctx)), W_RC])  # row 0: the point estimate
         self.iu = np.triu_indices(ctx_N.shape[0], k=1)
-        off = np.ones((ctx_N.shape[0],) * 2) - np.eye(ctx_N.shape[0])
-        self.s0 = self.quad(off)
+        n_C = self.P.sum(0)  # pairs i != j: (Σ_c w_c n_c)² − Σ_c w_c² n_c, no N×N matrix of ones needed
+        self.s0 = (self.W @ n_C) ** 2 - (self.W**2) @ n_C
 
     def quad(self, M_NN: np.ndarray) -> np.ndarray:
         """wᵀ (Pᵀ M P) w for every row w of W: [1 + R]."""
