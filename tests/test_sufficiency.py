@@ -1,6 +1,7 @@
 """Sufficiency checks: they pass on a run where size matters and has levelled off, and fail where it does not."""
 
 import numpy as np
+import pytest
 
 from progsae.report.sufficiency import late_change, plateau_check, size_check, sufficiency_section
 
@@ -32,5 +33,10 @@ def test_plateau_check_measures_the_last_ten_percent_of_training():
     assert plateau_check({"a": flat}).passed is True
     check = plateau_check({"a": flat, "b": falling})
     assert check.passed is False and "still falling: b" in check.evidence
+    # held-out FVU, where logged, decides: the noisy training-batch FVU is ignored
+    heldout = [{"tokens": t, "fvu": 0.2 + 0.1 * (t % 2000 == 0), **({"heldout_fvu": 0.30 if t <= 90_000 else 0.25} if t % 5000 == 0 else {})}
+               for t in range(1000, 100_001, 1000)]
+    assert late_change(heldout) == pytest.approx(0.05 / 0.25)
+    assert plateau_check({"c": heldout}).passed is False
     lines = sufficiency_section([check], [["b", 0.1, 0.0, 32.0]])
     assert any("unreliable" in line for line in lines)

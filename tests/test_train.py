@@ -18,6 +18,7 @@ from progsae.data.store import ActivationStore, StoreWriter
 from progsae.data.synthetic import feature_recovery
 from progsae.train import TrainConfig, train_sae
 from progsae.train.metrics import read_metrics
+from progsae.train.init import strided_sample
 from progsae.train.trainer import Trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small torch ops: a 2nd thread only spins on a busy machine
@@ -35,7 +36,7 @@ def fvu(sae, x_BD: torch.Tensor, keep: int | None = None) -> float:
 
 def small_cfg(**changes) -> TrainConfig:
     """A quick run for mechanics tests (not for quality)."""
-    base = dict(n_latents=128, k=3, steps=30, batch_size=256, lr=3e-3, checkpoint_every=10, log_every=5)
+    base = dict(n_latents=128, k=3, steps=30, batch_size=256, lr=3e-3, checkpoint_every=10, log_every=5, heldout_rows=0)
     return train_config(**{**base, **changes})
 
 
@@ -80,7 +81,8 @@ def test_saved_folder_has_provenance_and_metrics(trained_topk):
     assert prov["trainer"] == "progsae" and prov["steps"] == prov["train_config"]["steps"] == 500
     assert prov["tokens"] == 500 * prov["train_config"]["batch_size"] and prov["wall_time_s"] > 0
     rows = read_metrics(trained_topk)
-    assert rows[-1]["step"] == 500 and len(rows) == 500 // prov["train_config"]["log_every"]
+    every, heldout_every = prov["train_config"]["log_every"], prov["train_config"]["heldout_every"]
+    assert rows[-1]["step"] == 500 and [r["step"] for r in rows] == [s for s in range(1, 501) if s % every == 0 or s % heldout_every == 0]
     for key in ("step", "tokens", "loss", "loss_recon", "fvu", "l0", "dead_frac", "lr", "tokens_per_s"):
         assert key in rows[-1]
     assert rows[-1]["fvu"] < 0.5 * rows[0]["fvu"]
@@ -99,6 +101,21 @@ def test_input_scale_fold_gives_identical_reconstructions(tmp_path, synth_store,
         on_raw = load_sae(tmp_path / "run")(x)
     assert torch.allclose(on_raw, on_scaled, atol=1e-5, rtol=1e-5)
     assert torch.allclose(saved(x), on_raw, atol=1e-6)
+
+
+def test_heldout_fvu_is_logged_on_validation_rows(tmp_path, synth_store):
+    """heldout_fvu every heldout_every steps and at the end; the last equals the saved SAE's FVU on the sample."""
+    store = ActivationStore(synth_store)
+    train_sae(store, tmp_path / "run", small_cfg(steps=40, heldout_rows=512, heldout_every=15, log_every=10), progress=False)
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows if "heldout_fvu" in r] == [15, 30, 40]
+    assert [r["step"] for r in rows] == [10, 15, 20, 30, 40]
+    sample = strided_sample(store, 512, "validation")
+    assert sample.shape[0] == 512
+    assert rows[-1]["heldout_fvu"] == pytest.approx(fvu(load_sae(tmp_path / "run"), sample), rel=1e-4)
+    assert rows[-1]["heldout_fvu"] < rows[1]["heldout_fvu"]
+    train_sae(store, tmp_path / "off", small_cfg(steps=20, heldout_rows=0), progress=False)
+    assert not any("heldout_fvu" in r for r in read_metrics(tmp_path / "off"))
 
 
 def test_relu_l1_trains(tmp_path, synth_store, synth_test_acts):
@@ -147,7 +164,8 @@ sys.path.insert(0, sys.argv[4])
 from fixtures.synthetic import train_config
 from progsae.data.store import ActivationStore
 from progsae.train.trainer import Trainer
-cfg = train_config(n_latents=128, k=3, steps=30, batch_size=256, lr=3e-3, checkpoint_every=10, log_every=5, matryoshka_random=3)
+cfg = train_config(n_latents=128, k=3, steps=30, batch_size=256, lr=3e-3, checkpoint_every=10, log_every=5, matryoshka_random=3,
+                   heldout_rows=0)
 t = Trainer(ActivationStore(sys.argv[1]), sys.argv[2], cfg, resume=False, progress=False)
 t.run(on_step=lambda s: os.kill(os.getpid(), signal.SIGKILL) if s == 26 else None)
 """

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from torch import Tensor
 
 from progsae.errors import ProgsaeError
@@ -41,6 +41,12 @@ class ReconstructionResult(Record):
     dead_fraction: float  # latents (of the live size) that never fire on the eval set
     dense_fraction: float  # latents firing on more than dense_threshold of tokens
     relative_norm: float  # mean over tokens of ‖x̂‖ / ‖x‖ (below 1: shrinkage)
+    _firing: np.ndarray | None = PrivateAttr(default=None)  # [live] share of eval tokens each latent fires on (not in the JSON)
+
+    @property
+    def firing_frequency(self) -> np.ndarray | None:
+        """Per live latent, the share of eval tokens it fires on: the feature-density histogram's data."""
+        return self._firing
 
 
 class _Sums:
@@ -136,5 +142,7 @@ def evaluate_reconstruction(store, variants: list[Variant], cfg: ReconstructionC
         point = {k: float(val[0]) for k, val in _metrics(ones, n_C, sx_CD, sxx_C, acc, live, d, cfg.dense_threshold).items()}
         reps = _metrics(W, n_C, sx_CD, sxx_C, acc, live, d, cfg.dense_threshold)
         rec = ReconstructionResult(**Record.header(v), tokens=n_tok, contexts=C, **point)
+        if acc.fired_CN is not None:
+            rec._firing = acc.fired_CN[:, :live].sum(0, dtype=np.float64) / n_tok
         out.append(rec.with_replicates(reps, cfg.bootstrap.level))
     return out

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from progsae.errors import ProgsaeError
@@ -20,6 +22,7 @@ from progsae.evals.interp.score import InterpConfig, InterpResult, bootstrap_mea
 from progsae.evals.lm_loss import LMLossConfig, LMLossResult
 from progsae.evals.reconstruction import ReconstructionConfig, ReconstructionResult, evaluate_reconstruction
 from progsae.evals.similarity import SimilarityConfig, SimilarityResult, evaluate_similarity
+from progsae.sae.io import atomic_save_safetensors
 
 METRICS = ("recon", "ce", "rsa", "interp")
 RESULTS_FORMAT = "progsae-eval"
@@ -73,6 +76,11 @@ class EvalResults(BaseModel):
         """Bootstrap replicates per variant and flat metric name; paired across variants within a metric."""
         return self._replicates
 
+    @property
+    def firing(self) -> dict[str, np.ndarray]:
+        """Per variant, the share of test tokens each live latent fires on (from the reconstruction eval)."""
+        return {r.variant: r.firing_frequency for r in self.reconstruction if r.firing_frequency is not None}
+
 
 def replicates_path(results_path: str | Path) -> Path:
     """Where the bootstrap replicates of a results file live: beside it, `<name>.replicates.safetensors`."""
@@ -80,14 +88,31 @@ def replicates_path(results_path: str | Path) -> Path:
     return p.with_name(p.stem + ".replicates.safetensors")
 
 
+def firing_path(results_path: str | Path) -> Path:
+    """Where the per-latent firing frequencies of a results file live: beside it, `<name>.firing.safetensors`."""
+    p = Path(results_path)
+    return p.with_name(p.stem + ".firing.safetensors")
+
+
+def load_firing(results_path: str | Path) -> dict[str, np.ndarray]:
+    """{variant: [live] firing frequency} written beside a results file; empty when there is none."""
+    from safetensors.numpy import load_file
+
+    fp = firing_path(results_path)
+    return dict(load_file(str(fp))) if fp.exists() else {}
+
+
 def load_results(path: str | Path) -> EvalResults:
-    """A results file with its replicates (when the file beside it exists)."""
+    """A results file with its replicates and firing frequencies (when the files beside it exist)."""
     from progsae.evals.bootstrap import load_replicates
 
     res = EvalResults.model_validate_json(Path(path).read_text())
     rp = replicates_path(path)
     if rp.exists():
         res._replicates = load_replicates(rp)
+    firing = load_firing(path)
+    for r in res.reconstruction:
+        r._firing = firing.get(r.variant)
     return res
 
 
@@ -207,6 +232,8 @@ def run_evals(
         from progsae.evals.bootstrap import save_replicates
 
         save_replicates(replicates_path(out_path), res.replicates)
+        if res.firing:
+            atomic_save_safetensors({v: torch.from_numpy(np.ascontiguousarray(f)) for v, f in res.firing.items()}, firing_path(out_path))
         write_json(out_path, res)
     return res
 

@@ -28,6 +28,9 @@ class TrainConfig:
     l1_coef       only used by relu; default 1.0 (inputs normalised to E||x||^2 = d); it sets the L0/FVU trade-off.
     l1_warmup_steps  the L1 coefficient ramps linearly from 0; default 5% of steps.
     normalize_input  scale inputs by one scalar so E||x||^2 = d; folded back into the weights at save.
+    heldout_rows  validation rows whose FVU is logged as heldout_fvu (0, or a store without a
+                  validation split: not logged); it tells whether training has levelled off.
+    heldout_every steps between held-out FVU logs; default steps // 20, so 20 points and the last step.
     """
 
     arch: str = "topk"
@@ -58,6 +61,8 @@ class TrainConfig:
     normalize_input: bool = True
     init_sample: int = 16384  # rows used for the geometric median and the input scale
     buffer_bytes: int = 1 << 30  # shuffle buffer of the data stream
+    heldout_rows: int = 4096
+    heldout_every: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -117,6 +122,8 @@ class TrainConfig:
             raise ProgsaeError(f"decay_frac must be in [0, 1], got {self.decay_frac}")
         if self.checkpoint_every <= 0 or self.log_every <= 0:
             raise ProgsaeError("checkpoint_every and log_every must be positive")
+        if self.heldout_rows < 0 or (self.heldout_every is not None and self.heldout_every <= 0):
+            raise ProgsaeError("heldout_rows must be >= 0 and heldout_every positive")
         if self.dtype != "float32":
             raise ProgsaeError(f"only float32 training is supported, got dtype={self.dtype}")
 
@@ -140,6 +147,8 @@ class TrainConfig:
             r.l1_coef = 1.0 if self.arch == "relu" else 0.0
         if r.l1_warmup_steps is None:
             r.l1_warmup_steps = steps // 20
+        if r.heldout_every is None:
+            r.heldout_every = max(1, steps // 20)
         if r.arch == "relu":
             r.k = None
         return r

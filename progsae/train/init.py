@@ -12,21 +12,21 @@ from progsae.errors import ProgsaeError
 from progsae.sae.base import SAE
 
 
-def init_sample(store: ActivationStore, rows: int) -> Tensor:
-    """Up to `rows` training activations [S, D], evenly strided over the kept rows of the train split."""
-    total = store.num_tokens("train")
+def strided_sample(store: ActivationStore, rows: int, split: str = "train") -> Tensor:
+    """Up to `rows` activations [S, D], evenly strided over the kept rows of a split (the init sample, the held-out sample)."""
+    total = store.num_tokens(split)
     if total == 0:
-        raise ProgsaeError(f"{store.path}: the 'train' split is empty")
+        raise ProgsaeError(f"{store.path}: the '{split}' split is empty")
     stride = max(1, total // rows)
     parts, offset = [], 0
-    for chunk in store.iter_rows("train", 65536):
+    for chunk in store.iter_rows(split, 65536):
         first = (-offset) % stride  # first row of this chunk on the global stride grid
         if first < chunk.shape[0]:
             parts.append(chunk[first::stride].clone())
         offset += chunk.shape[0]
     sample_SD = torch.cat(parts)[:rows]
     if not torch.isfinite(sample_SD).all():
-        raise ProgsaeError(f"{store.path}: the train split contains NaN or inf activations")
+        raise ProgsaeError(f"{store.path}: the {split} split contains NaN or inf activations")
     return sample_SD
 
 

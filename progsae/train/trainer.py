@@ -31,14 +31,14 @@ from progsae.train.checkpoint import (
 )
 from progsae.train.config import TrainConfig
 from progsae.train.dead import DeadTracker
-from progsae.train.init import init_sae, init_sample, input_scale
+from progsae.train.init import init_sae, input_scale, strided_sample
 from progsae.train.metrics import MetricsLog, Progress
 from progsae.train.optimizer import LayoutAdam
 from progsae.train.schedule import l1_at, lr_at
 from progsae.train.sync import LocalSync
 
 # settings that may change between an interrupted run and its resumption (they do not change results)
-RESUMABLE_CHANGES = {"checkpoint_every", "log_every", "device"}
+RESUMABLE_CHANGES = {"checkpoint_every", "log_every", "device", "heldout_rows", "heldout_every"}
 
 
 @dataclass
@@ -132,6 +132,8 @@ class Trainer:
         self.dead = DeadTracker(self.cfg.n_latents, self.cfg.dead_window, self.device)
         self.prefix_gen = torch.Generator().manual_seed(self.cfg.seed + 2)
         self.state = RunState()
+        use_heldout = self.cfg.heldout_rows > 0 and store.has_split("validation") and store.num_tokens("validation") > 0
+        self.heldout_SD = strided_sample(store, self.cfg.heldout_rows, "validation").to(self.device) if use_heldout else None
 
         ckpt_exists = checkpoint_path(self.out_dir).exists()
         if not resume and (ckpt_exists or (self.out_dir / CFG_FILE).exists()):
@@ -147,7 +149,7 @@ class Trainer:
     # ---- state ---------------------------------------------------------------------------
     def _fresh_start(self) -> None:
         torch.manual_seed(self.cfg.seed)
-        sample_SD = init_sample(self.store, self.cfg.init_sample)
+        sample_SD = strided_sample(self.store, self.cfg.init_sample)
         scale = input_scale(sample_SD) if self.cfg.normalize_input else 1.0
         init_sae(self.sae, (sample_SD * scale).to(self.device), torch.Generator().manual_seed(self.cfg.seed + 1))
         self.state = RunState(input_scale=scale)
@@ -211,9 +213,12 @@ class Trainer:
                     st.tokens += self.sync.tokens(x_BD.shape[0])
                     st.wall_time_s = wall_before + time.perf_counter() - t_start
                     record = None
-                    if st.step % cfg.log_every == 0 or st.step == self.total_steps:
+                    heldout_due = self.heldout_SD is not None and (st.step % cfg.heldout_every == 0 or st.step == self.total_steps)
+                    if st.step % cfg.log_every == 0 or st.step == self.total_steps or heldout_due:
                         now = time.perf_counter()
                         record = self._record(out, x_BD, ctx, (st.tokens - tokens_log) / max(now - t_log, 1e-9))
+                        if heldout_due:
+                            record["heldout_fvu"] = self.heldout_fvu()
                         t_log, tokens_log = now, st.tokens
                         if metrics is not None:
                             metrics.write(record)
@@ -275,6 +280,16 @@ class Trainer:
         if self.cfg.l1_coef:
             rec["l1_coef"] = ctx.l1_coef
         return rec
+
+    @torch.no_grad()
+    def heldout_fvu(self) -> float:
+        """FVU of the current SAE on the held-out validation sample (scale-free, so the input scale cancels)."""
+        x_SD = self.heldout_SD * self.state.input_scale
+        err, var = 0.0, 0.0
+        for x_BD in x_SD.split(4096):
+            err += float((x_BD - self.sae(x_BD)).pow(2).sum())
+        var = float((x_SD - x_SD.mean(0)).pow(2).sum())
+        return err / max(var, 1e-12)
 
     def export(self) -> SAE:
         """The trained SAE acting on raw (unscaled) inputs, with provenance; written to out_dir on the main process."""
