@@ -55,6 +55,9 @@ def test_fvu_and_mse_match_dense_float64(tmp_path):
     assert res.dead_fraction == pytest.approx(float((fired == 0).double().mean()))
     assert res.dead_fraction >= 1 / 40
     assert res.dense_fraction == pytest.approx(float((fired > 0.1).double().mean()))
+    assert res.firing_frequency.shape == (40,)
+    assert res.firing_frequency == pytest.approx(fired.numpy(), abs=1e-12)
+    assert res.firing_frequency.sum() == pytest.approx(res.l0)
 
 
 def test_mask_mode_counts_only_live_latents_and_max_tokens(tmp_path):
@@ -69,6 +72,7 @@ def test_mask_mode_counts_only_live_latents_and_max_tokens(tmp_path):
     z = sae.encode(rows)[:, :10]
     assert m.l0 == pytest.approx(float((z != 0).sum(1).double().mean())) and m.l0 < full.l0
     assert m.dead_fraction == pytest.approx(float(((z != 0).sum(0) == 0).double().mean()))
+    assert m.firing_frequency.shape == (10,) and m.firing_frequency.sum() == pytest.approx(m.l0)
 
 
 def test_intervals_cover_the_point_and_shrink_with_more_contexts(tmp_path):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from progsae.report.sufficiency import late_change, plateau_check, size_check, sufficiency_section
+from progsae.report.sufficiency import density_histograms_figure, late_change, plateau_check, size_check, sufficiency_section
 
 
 def _records(fvus: dict[int, float], noise: float, seed: int = 0):
@@ -40,3 +40,13 @@ def test_plateau_check_measures_the_last_ten_percent_of_training():
     assert plateau_check({"c": heldout}).passed is False
     lines = sufficiency_section([check], [["b", 0.1, 0.0, 32.0]])
     assert any("unreliable" in line for line in lines)
+
+
+def test_feature_density_figure_counts_never_firing_latents(tmp_path):
+    rng = np.random.default_rng(0)
+    f = 10 ** rng.uniform(-4, -0.5, 256)
+    f[:7] = 0
+    firing = {f"seed-{s}/saes/vanilla-256": f for s in (0, 1)}
+    path = density_histograms_figure(firing, tmp_path / "d.png")
+    assert path is not None and path.stat().st_size > 10_000
+    assert density_histograms_figure({}, tmp_path / "e.png") is None

@@ -8,7 +8,9 @@ from progsae.report.findings import compute_findings
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
-from progsae.report.sufficiency import density_rows, plateau_check, size_check, sufficiency_section, training_curves_figure
+from progsae.evals.runner import load_firing
+from progsae.report.sufficiency import (density_histograms_figure, density_rows, plateau_check, size_check, sufficiency_section,
+                                        training_curves_figure)
 from progsae.provenance import environment
 from progsae.sae.io import atomic_write_json
 
@@ -52,6 +54,10 @@ def write_study_report(ctx) -> None:
     if training_curves_figure(curves, ctx.path("figures", "training_curves.png")):
         figures.append(("Training curves of every SAE (FVU, L0, dead fraction against tokens)", "figures/training_curves.png"))
     recon = json.loads(ctx.path("evals", "recon.json").read_text()).get("reconstruction", []) if ctx.path("evals", "recon.json").exists() else []
+    firing = load_firing(ctx.path("evals", "recon.json"))
+    trained = {r["variant"]: r["source"] for r in recon if "/saes/" in r["source"] and r.get("mode") is None}
+    if density_histograms_figure({trained[v]: f for v, f in firing.items() if v in trained}, ctx.path("figures", "feature_density.png")):
+        figures.append(("Feature density (log10 firing frequency on test tokens) of every trained SAE", "figures/feature_density.png"))
     sufficiency = sufficiency_section([size_check(records, reps), plateau_check(curves)], density_rows(recon))
 
     n = cfg.n_latents

@@ -96,6 +96,40 @@ def density_rows(recon_records: list[dict]) -> list[list]:
     return sorted(rows)
 
 
+def density_histograms_figure(firing: dict[str, np.ndarray], path: Path) -> Path | None:
+    """Feature density: a histogram of log10 firing frequency on the test rows per trained SAE (one panel per
+    SAE name, a line per seed); never-firing latents are counted in the title, since log10 0 has no bin."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not firing:
+        return None
+    names = sorted({f.rsplit("/", 1)[-1] for f in firing}, key=lambda n: (n.startswith("matryoshka"), int(n.rsplit("-", 1)[-1]) if n.rsplit("-", 1)[-1].isdigit() else 0, n))
+    seeds = sorted({f.split("/", 1)[0] for f in firing})
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), sharey=False, squeeze=False)
+    lows = [np.log10(f[f > 0]).min() for f in firing.values() if (f > 0).any()]
+    bins = np.linspace(min(lows + [-5.0]), 0, 41)
+    for ax, name in zip(axes[0], names):
+        dead = []
+        for i, seed in enumerate(seeds):
+            f = next((v for k, v in firing.items() if k.split("/", 1)[0] == seed and k.rsplit("/", 1)[-1] == name), None)
+            if f is None:
+                continue
+            ax.hist(np.log10(f[f > 0]), bins=bins, histtype="step", lw=1.3, label=seed, color=plt.cm.tab10(i))
+            dead.append(int((f == 0).sum()))
+        ax.axvline(np.log10(0.1), color="grey", ls=":", lw=1)
+        ax.set_title(f"{name} (never fire: {', '.join(map(str, dead))})", fontsize=9)
+        ax.set_xlabel("log10 firing frequency on test tokens")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("latents")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Feature density of every trained SAE (dotted: the dense threshold, 10% of tokens)")
+    fig.tight_layout()
+    return save_png(fig, path)
+
+
 def training_curves_figure(curves: dict[str, list[dict]], path: Path) -> Path | None:
     """FVU, L0 and dead fraction against training tokens for every SAE (one colour per SAE name, a line style per seed)."""
     import matplotlib
