@@ -42,6 +42,9 @@ class EvalConfig:
     recon_tokens: int | None = None  # held-out tokens for reconstruction metrics; None: the whole test split
     ce_contexts: int = 32
     ce_batch_size: int = 8
+    # False: recaptured CE only for the main methods (vanilla, Matryoshka, pruned-ef2), not the freq/unsorted/random
+    # controls. Every variant runs the rest of the LM, so CE is the costliest metric; the ordering claim reads FVU.
+    ce_controls: bool = True
     rsa_tokens: int = 2000
     interp_latents_per_band: int = 16
     interp_explainer: str = "deterministic"  # or "llm": a local HF chat model, or the endpoint below

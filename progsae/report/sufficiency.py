@@ -147,10 +147,16 @@ def training_curves_figure(curves: dict[str, list[dict]], path: Path) -> Path | 
     for folder, curve in sorted(curves.items()):
         seed, name = folder.split("/", 1)[0], folder.rsplit("/", 1)[-1]
         t = [m["tokens"] for m in curve]
+        held = [(m["tokens"], m["heldout_fvu"]) for m in curve if m.get("heldout_fvu") is not None]
         for ax, key in zip(axes, ("fvu", "l0", "dead_frac")):
             ax.plot(t, [m.get(key) for m in curve], color=colours[name], ls=styles[seeds.index(seed) % 4], lw=1.2,
-                    label=name if seed == seeds[0] else None)
-    for ax, label in zip(axes, ("training-batch FVU", "L0", "dead fraction")):
+                    alpha=0.35 if (key == "fvu" and held) else 1.0, label=name if (seed == seeds[0] and key != "fvu") else None)
+        if held:
+            axes[0].plot(*zip(*held), color=colours[name], ls=styles[seeds.index(seed) % 4], marker="o", ms=3, lw=1.5,
+                         label=name if seed == seeds[0] else None)
+        elif seed == seeds[0]:
+            axes[0].plot([], [], color=colours[name], label=name)
+    for ax, label in zip(axes, ("FVU (dots: held-out; faint: training batch)", "L0", "dead fraction")):
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

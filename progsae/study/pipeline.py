@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from progsae.evals.runner import EvalResults
 
 PRUNE_ORDERS = ("ef2", "freq", "unsorted", "random")
+CONTROL_METHODS = tuple(f"pruned-{o}" for o in PRUNE_ORDERS[1:])  # the orderings the E[f²] order is tested against
 
 
 def store_path(ctx: RunContext) -> Path:
@@ -228,8 +229,13 @@ def run_evaluate(ctx: RunContext) -> dict:
         return {f: load_sae(ctx.path(f), device=cfg.device) for f in folders}
 
     by_folder: dict[str, dict] = {f: {} for f in folders}
+    controls = {m["folder"] for m in members if m["method"] in CONTROL_METHODS}
     for metric in [m for m in cfg.eval.metrics if m != "interp"]:
-        res = evaluate_metric(ctx, metric, folders, family, None)
+        if metric == "ce" and not cfg.eval.ce_controls:
+            main = [f for f in folders if f not in controls]
+            res = evaluate_metric(ctx, metric, main, lambda: {f: family()[f] for f in main}, None)
+        else:
+            res = evaluate_metric(ctx, metric, folders, family, None)
         for r in res.records:  # the runner's "method" is the dict key: the folder
             by_folder[r["method"]].update(r)
     bands, interp_by_method = {}, {}
