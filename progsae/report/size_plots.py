@@ -111,8 +111,14 @@ def metric_vs_size_figure(records: list[dict], metric: str, title: str = "") -> 
         mode_name = f"{mode} mode" if mode != "full" else "trained"
         for method in MAIN_METHODS:
             main_values += _draw_method(ax_main, rows, method, mode, metric)
-        for method in CONTROL_METHODS:
-            _draw_method(ax_ctl, rows, method, mode, metric)
+        controls_measured = any(r["method"] in CONTROL_METHODS and r["mode"] == mode and r.get(metric) is not None
+                                and not r.get("full_size_copy") for r in rows)
+        if controls_measured:
+            for method in CONTROL_METHODS:
+                _draw_method(ax_ctl, rows, method, mode, metric)
+        else:
+            ax_ctl.text(0.5, 0.5, "controls not measured for this metric\n(eval.ce_controls: false)", transform=ax_ctl.transAxes,
+                        ha="center", va="center", fontsize=9, color="dimgrey")
         _draw_method(ax_ctl, rows, "pruned-ef2", mode, metric, reference=True)
         for ax, panel, what in ((ax_main, "main", "main methods"), (ax_ctl, "controls", "controls")):
             ax.mode, ax.panel = mode, panel

@@ -136,6 +136,7 @@ def training_curves_figure(curves: dict[str, list[dict]], path: Path) -> Path | 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     if not curves:
         return None
@@ -157,6 +158,7 @@ def training_curves_figure(curves: dict[str, list[dict]], path: Path) -> Path | 
         elif seed == seeds[0]:
             axes[0].plot([], [], color=colours[name], label=name)
     for ax, label in zip(axes, ("FVU (dots: held-out; faint: training batch)", "L0", "dead fraction")):
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v >= 1e6 else f"{v / 1e3:g}k"))
         ax.set_xlabel("training tokens")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

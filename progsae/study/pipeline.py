@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from progsae.config import StudyConfig
+from progsae.report.size_plots import CONTROL_METHODS
 from progsae.sae.io import atomic_write_json, load_sae
 from progsae.study.stages import RunContext, Stage, read_marker
 
@@ -29,7 +30,6 @@ if TYPE_CHECKING:
     from progsae.evals.runner import EvalResults
 
 PRUNE_ORDERS = ("ef2", "freq", "unsorted", "random")
-CONTROL_METHODS = tuple(f"pruned-{o}" for o in PRUNE_ORDERS[1:])  # the orderings the E[f²] order is tested against
 
 
 def store_path(ctx: RunContext) -> Path:
