@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fixtures.models import TINY_ARCHS, TINY_LAYERS
+from progsae.data.collect import CollectConfig
 from progsae.data.hooks import SITE_KINDS, capture, resolve_hook
 from progsae.data.models import load_model
 from progsae.errors import ProgsaeError
@@ -126,6 +127,24 @@ def test_unknown_site_kind_lists_the_valid_ones(tiny_models):
     assert "\n" not in msg and all(k in msg for k in SITE_KINDS)
     with pytest.raises(ProgsaeError):
         resolve_hook(tiny_models["llama"], "resid_post")
+
+
+@pytest.mark.parametrize("alias, ours", [
+    ("blocks.1.hook_resid_post", "resid_post.1"),   # TransformerLens / SAELens
+    ("blocks.0.hook_mlp_out", "mlp_out.0"),
+    ("layers.1", "resid_post.1"),                   # sparsify / HF module paths
+    ("model.layers.0.mlp", "mlp_out.0"),
+    ("resid_pre_layer_1", "resid_pre.1"),           # dictionary_learning
+])
+def test_other_tools_names_resolve_to_the_same_site(tiny_models, alias, ours):
+    model = tiny_models["llama"]
+    a, b = resolve_hook(model, alias), resolve_hook(model, ours)
+    assert (a.kind, a.layer) == (b.kind, b.layer)
+    ids = _ids(model.config.vocab_size)
+    assert torch.equal(capture(model, a, ids), capture(model, b, ids))
+    cfg = CollectConfig(hook=alias)
+    cfg.validate()
+    assert cfg.hook == ours  # the store records progsae's name
 
 
 def test_layer_out_of_range_names_the_valid_range(tiny_models):

@@ -1,7 +1,7 @@
 """Collect a language model's activations at one hook site into an activation store.
 
 --model smollm2 is the embedded SmolLM2-135M-Instruct (no network); any other value is a Hugging Face
-hub id or a local model folder. --hook is resid_post.L, resid_pre.L, mlp_out.L or attn_out.L.
+hub id or a local model folder. --hook is resid_post.L, resid_pre.L, mlp_out.L or attn_out.L (or blocks.L.hook_resid_post, layers.L, resid_post_layer_L).
 --corpus embedded (KJV + Python stdlib, no network), a .txt/.md/.jsonl file or folder, or hf:DATASET.
 --tokens/--test-tokens count stored activations (position 0 of each context is left out).
 An interrupted collect resumes when re-run with the same arguments.
@@ -19,7 +19,8 @@ from progsae.data.collect import STORAGE_DTYPES, CollectConfig
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CollectConfig()
     p.add_argument("--model", default=d.model, help=f"model name, hub id or folder (default {d.model})")
-    p.add_argument("--hook", default=d.hook, help=f"hook site, e.g. resid_post.14 (default {d.hook})")
+    p.add_argument("--hook", default=d.hook, help=f"hook site, e.g. resid_post.14; TransformerLens (blocks.14.hook_resid_post), module-path (layers.14) "
+                   f"and dictionary_learning (resid_post_layer_14) names are accepted (default {d.hook})")
     p.add_argument("--corpus", default=d.corpus, help=f"text source (default {d.corpus})")
     p.add_argument("--tokens", type=int, default=d.tokens, help=f"train activations to store (default {d.tokens})")
     p.add_argument("--test-tokens", type=int, default=d.test_tokens, help=f"held-out activations to store (default {d.test_tokens})")

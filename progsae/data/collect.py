@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from progsae.data.corpus import iter_contexts
-from progsae.data.hooks import capture, parse_hook_name, resolve_hook
+from progsae.data.hooks import capture, parse_hook_name, resolve_hook, to_progsae_hook
 from progsae.data.models import load_model
 from progsae.data.store import META_FILE, StoreWriter
 from progsae.errors import ProgsaeError
@@ -72,6 +72,7 @@ class CollectConfig:
         from progsae.device import resolve_device
 
         parse_hook_name(self.hook)
+        self.hook = to_progsae_hook(self.hook)  # the store records progsae's name of the site, whatever name was typed
         resolve_device(self.device)
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ProgsaeError(f"unknown storage dtype '{self.storage_dtype}' (use {' or '.join(STORAGE_DTYPES)})")

@@ -64,9 +64,30 @@ def decoder_blocks(model: nn.Module) -> tuple[nn.ModuleList, nn.Module | None]:
     )
 
 
+# the names other tools give the same sites: TransformerLens/SAELens, HF module paths (sparsify), dictionary_learning
+_TL_HOOK = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
+_MODULE_HOOK = re.compile(r"(?:[\w.]*\.)?(?:layers|h|blocks)\.(\d+)(\.mlp)?")
+_DL_HOOK = re.compile(r"(resid_pre|resid_post|attn_out|mlp_out)_layer_(\d+)")
+
+
+def to_progsae_hook(name: str | None) -> str | None:
+    """The progsae site ('resid_post.14') for another tool's name of it ('blocks.14.hook_resid_post',
+    'model.layers.14', 'resid_post_layer_14'); any other name is returned unchanged."""
+    if not name:
+        return name
+    name = name.strip()
+    if m := _TL_HOOK.fullmatch(name):
+        return f"{m.group(2)}.{m.group(1)}"
+    if m := _DL_HOOK.fullmatch(name):
+        return f"{m.group(1)}.{m.group(2)}"
+    if m := _MODULE_HOOK.fullmatch(name):  # a decoder block's output is the residual stream after it
+        return f"{'mlp_out' if m.group(2) else 'resid_post'}.{m.group(1)}"
+    return name
+
+
 def parse_hook_name(name: str) -> tuple[str, int]:
-    """('resid_post', 14) from 'resid_post.14'; a one-line error for anything else."""
-    m = re.fullmatch(r"([a-z_]+)\.(\d+)", name.strip())
+    """('resid_post', 14) from 'resid_post.14' or another tool's name of it; a one-line error for anything else."""
+    m = re.fullmatch(r"([a-z_]+)\.(\d+)", to_progsae_hook(name.strip()))
     if not m or m.group(1) not in SITE_KINDS:
         raise ProgsaeError(f"unknown hook site '{name}'; valid sites are {', '.join(k + '.L' for k in SITE_KINDS)}")
     return m.group(1), int(m.group(2))

@@ -97,24 +97,8 @@ def build_sae(
     return sae
 
 
-# progsae hook sites (progsae/data/hooks.py) <-> TransformerLens names (SAELens) and module paths (sparsify)
-_TL_HOOK = re.compile(r"blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)")
-_MODULE_HOOK = re.compile(r"(?:[\w.]*\.)?(?:layers|h|blocks)\.(\d+)(\.mlp)?")
-_DL_HOOK = re.compile(r"(resid_pre|resid_post|attn_out|mlp_out)_layer_(\d+)")
+# progsae hook sites -> TransformerLens names (SAELens); the other direction is progsae.data.hooks.to_progsae_hook
 _OURS = re.compile(r"(resid_pre|resid_post|attn_out|mlp_out)\.(\d+)")
-
-
-def to_progsae_hook(name: str | None) -> str | None:
-    """The progsae hook site ('resid_post.14') for a peer's hook name, or the name unchanged if it has none."""
-    if not name:
-        return name
-    if m := _TL_HOOK.fullmatch(name):
-        return f"{m.group(2)}.{m.group(1)}"
-    if m := _DL_HOOK.fullmatch(name):
-        return f"{m.group(1)}.{m.group(2)}"
-    if m := _MODULE_HOOK.fullmatch(name):  # a decoder block's output is the residual stream after it
-        return f"{'mlp_out' if m.group(2) else 'resid_post'}.{m.group(1)}"
-    return name
 
 
 def to_transformer_lens_hook(name: str | None) -> str | None:

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from progsae.errors import ProgsaeError
-from progsae.interop.common import build_sae, nonneg_threshold, read_json, take, to_progsae_hook
+from progsae.data.hooks import to_progsae_hook
+from progsae.interop.common import build_sae, nonneg_threshold, read_json, take
 from progsae.sae.base import SAE
 
 CFG_FILE = "config.json"

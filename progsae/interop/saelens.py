@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from progsae.data.hooks import to_progsae_hook
 from progsae.errors import ProgsaeError
 from progsae.interop.common import (
     build_sae,
@@ -20,7 +21,6 @@ from progsae.interop.common import (
     read_json,
     read_safetensors,
     take,
-    to_progsae_hook,
     to_transformer_lens_hook,
 )
 from progsae.sae.base import SAE

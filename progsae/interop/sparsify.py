@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from progsae.errors import ProgsaeError
-from progsae.interop.common import build_sae, read_json, read_safetensors, take, to_progsae_hook
+from progsae.data.hooks import to_progsae_hook
+from progsae.interop.common import build_sae, read_json, read_safetensors, take
 from progsae.sae.base import SAE
 
 CFG_FILE = "cfg.json"
