@@ -7,6 +7,7 @@ import importlib
 import os
 import sys
 
+from progsae import __version__
 from progsae.errors import ProgsaeError
 
 # verb -> one-line help; the verb's module is progsae.commands.<verb> with add_arguments(p) and run(args) -> int
@@ -29,6 +30,7 @@ def _verb_module(verb: str):
 
 def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="progsae", description="Progressive coding of sparse autoencoders.")
+    parser.add_argument("--version", action="version", version=f"progsae {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, help_text in VERBS.items():
         if verbs is not None and verb not in verbs:

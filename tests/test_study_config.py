@@ -67,3 +67,16 @@ def test_reproduce_refuses_an_unknown_until_stage(tmp_path, capsys):
     assert main(["reproduce", "--preset", "quick", "--out", str(tmp_path), "--until", "zzz", "--no-progress"]) != 0
     err = capsys.readouterr().err.strip()
     assert "unknown stage 'zzz' for --until" in err and "\n" not in err
+
+
+def test_version_and_every_verbs_help_exit_cleanly(capsys):
+    from progsae import __version__
+    from progsae.cli import VERBS, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"progsae {__version__}"
+    for verb in VERBS:
+        with pytest.raises(SystemExit) as e:
+            main([verb, "--help"])
+        assert e.value.code == 0 and "usage: progsae" in capsys.readouterr().out
