@@ -1,5 +1,7 @@
 """An unusable --device is refused in one line naming it, by every verb, before anything is loaded or written."""
 
+import json
+
 import pytest
 import torch
 
@@ -44,3 +46,14 @@ def test_available_devices_resolve():
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ProgsaeError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")
+
+
+def test_auto_picks_the_best_device_present(folders, tmp_path):
+    from progsae.commands.arguments import device_name
+
+    want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert device_name("auto") == want and device_name("cuda:1") == "cuda:1"
+    out = tmp_path / "sae"
+    assert main(["train", "--acts", str(folders / "acts"), "--out", str(out), "--latents", "32", "--k", "4", "--steps", "2",
+                 "--batch-size", "256", "--quiet", "--device", "auto"]) == 0
+    assert json.loads((out / "cfg.json").read_text())["provenance"]["train_config"]["device"] == want

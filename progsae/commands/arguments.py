@@ -1,4 +1,4 @@
-"""Argument types several verbs share: comma-separated lists."""
+"""Arguments several verbs share: comma-separated lists, the device, the outlier rule."""
 
 from __future__ import annotations
 
@@ -7,6 +7,23 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+
+def device_name(text: str) -> str:
+    """`auto` is the first of cuda, mps, cpu this machine has; any other name is checked later by resolve_device."""
+    if text.strip().lower() != "auto":
+        return text
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    return "mps" if torch.backends.mps.is_available() else "cpu"
+
+
+def add_device_argument(p: argparse.ArgumentParser, default: str | None = "cpu") -> None:
+    shown = "the config's device" if default is None else default
+    p.add_argument("--device", default=default, type=device_name,
+                   help=f"cpu, cuda, cuda:N, mps or auto (the first of cuda, mps, cpu present; default {shown})")
 
 
 def comma_list(text: str) -> list[str]:

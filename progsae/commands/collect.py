@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from progsae.commands.arguments import add_device_argument
 from progsae.data.collect import STORAGE_DTYPES, CollectConfig
 
 
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default=d.text_field, help="text field of .jsonl files and datasets (default text)")
     p.add_argument("--dataset-config", default=None, help="Hugging Face dataset config name")
     p.add_argument("--dataset-split", default=d.dataset_split, help="Hugging Face dataset split (default train)")
-    p.add_argument("--device", default=d.device)
+    add_device_argument(p, d.device)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="store folder to write (or resume)")
 

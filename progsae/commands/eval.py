@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_outlier_arguments, comma_list, int_list, open_store
+from progsae.commands.arguments import add_device_argument, add_outlier_arguments, comma_list, int_list, open_store
 from progsae.errors import ProgsaeError
 
 
@@ -52,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-cache", default=None, help="folder of cached prompts and answers (default: beside --out)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
 
 
 def parse_saes(specs: list[str]) -> dict[str, Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from progsae.commands.arguments import add_device_argument
 from progsae.errors import ProgsaeError
 
 
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit for --from-hub")
     p.add_argument("--out", required=True, help="progsae SAE folder to write")
     p.add_argument("--overwrite", action="store_true", help="replace an SAE already at --out")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

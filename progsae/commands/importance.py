@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_outlier_arguments, open_store, report_outliers
+from progsae.commands.arguments import add_device_argument, add_outlier_arguments, open_store, report_outliers
 from progsae.errors import ProgsaeError
 
 
@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CI of alpha (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random ordering and of the bootstrap")
     p.add_argument("--max-memory-mb", type=float, default=512, help="memory for one batch of activations and its codes")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from progsae.commands.arguments import add_device_argument
 from progsae.progressive.prune import MODES, PRUNE_ORDERS
 
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="store split for --acts (default test)")
     p.add_argument("--seed", type=int, default=None, help="seed of --order random (default: the importance file's, else 0)")
     p.add_argument("--out", required=True, help="output SAE folder")
-    p.add_argument("--device", default="cpu")
+    add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from progsae.commands.arguments import add_device_argument
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from progsae.config import PRESETS
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder; re-running with the same folder resumes")
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (repeatable)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. collect, then train with torchrun)")
-    p.add_argument("--device", help="override the config's device (cpu, cuda)")
+    add_device_argument(p, None)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progsae.commands.arguments import add_outlier_arguments, float_list, int_list, open_store
+from progsae.commands.arguments import add_device_argument, add_outlier_arguments, float_list, int_list, open_store
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
 
@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"RAM for the shuffle buffer: batches mix the shards that fit in it (default {d.buffer_bytes / 2**30:g})")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})")
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
-    p.add_argument("--device", default=d.device)
+    add_device_argument(p, d.device)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
