@@ -43,3 +43,10 @@ def test_sparse_decode_handles_empty_rows_and_dense_codes():
     torch.testing.assert_close(out, z @ sae.W_dec + sae.b_dec)
     assert torch.equal(out[0], sae.b_dec.detach())
     assert dense.shape == (5, 32)
+
+
+def test_device_and_dtype_follow_the_weights():
+    sae = random_sae("topk")
+    assert sae.device == torch.device("cpu") and sae.dtype == torch.float32
+    sae = sae.to(torch.float64)
+    assert sae.dtype == torch.float64 and sae.encode(torch.randn(4, 32, dtype=torch.float64)).dtype == torch.float64

@@ -67,6 +67,16 @@ class SAE(nn.Module):
     def n_latents(self) -> int:
         return self.cfg.n_latents
 
+    @property
+    def device(self) -> torch.device:
+        """Where the weights live (SAELens' `sae.device`)."""
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (SAELens' `sae.dtype`)."""
+        return self.W_dec.dtype
+
     def pre_acts(self, x_BD: Tensor) -> Tensor:
         """Encoder pre-activations W_enc^T (x - b_dec) + b_enc."""
         if self.cfg.subtract_b_dec:
