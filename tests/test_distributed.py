@@ -20,7 +20,8 @@ from progsae.train.trainer import train_sae
 
 WORLD = 2
 # dead_window of 2 global batches: latents die within the run, so AuxK and the fired_N reduction both matter
-TOPK = dict(arch="topk", n_latents=512, k=2, steps=10, batch_size=256, dead_window=512, lr=3e-3, seed=3, log_every=5)
+TOPK = dict(arch="topk", n_latents=512, k=2, steps=10, batch_size=256, dead_window=512, lr=3e-3, seed=3, log_every=5,
+            keep_checkpoint=True)
 BATCHTOPK = {**TOPK, "arch": "batchtopk"}
 
 

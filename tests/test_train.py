@@ -36,7 +36,8 @@ def fvu(sae, x_BD: torch.Tensor, keep: int | None = None) -> float:
 
 def small_cfg(**changes) -> TrainConfig:
     """A quick run for mechanics tests (not for quality)."""
-    base = dict(n_latents=128, k=3, steps=30, batch_size=256, lr=3e-3, checkpoint_every=10, log_every=5, heldout_rows=0)
+    base = dict(n_latents=128, k=3, steps=30, batch_size=256, lr=3e-3, checkpoint_every=10, log_every=5, heldout_rows=0,
+                keep_checkpoint=True)
     return train_config(**{**base, **changes})
 
 
@@ -118,6 +119,18 @@ def test_heldout_fvu_is_logged_on_validation_rows(tmp_path, synth_store):
     assert not any("heldout_fvu" in r for r in read_metrics(tmp_path / "off"))
 
 
+def test_a_finished_run_deletes_its_checkpoint_unless_asked_to_keep_it(tmp_path, synth_store):
+    sae = train_sae(synth_store, tmp_path / "run", small_cfg(steps=10, keep_checkpoint=False), progress=False)
+    assert not (tmp_path / "run" / "checkpoint").exists() and (tmp_path / "run" / "cfg.json").exists()
+    assert torch.equal(load_sae(tmp_path / "run").W_dec, sae.W_dec)
+    again = train_sae(synth_store, tmp_path / "run", small_cfg(steps=10, keep_checkpoint=False), resume=True, progress=False)
+    assert torch.equal(again.W_dec, sae.W_dec)  # the same job, finished: resume returns it
+    with pytest.raises(ProgsaeError, match=r"another run \(steps differ\)"):
+        train_sae(synth_store, tmp_path / "run", small_cfg(steps=12, keep_checkpoint=False), resume=True, progress=False)
+    train_sae(synth_store, tmp_path / "kept", small_cfg(steps=10, keep_checkpoint=True), progress=False)
+    assert (tmp_path / "kept" / "checkpoint" / "checkpoint.safetensors").exists()
+
+
 def test_relu_l1_trains(tmp_path, synth_store, synth_test_acts):
     sae = train_sae(synth_store, tmp_path / "relu", small_cfg(arch="relu", k=None, steps=60, batch_size=512), progress=False)
     rows = read_metrics(tmp_path / "relu")
@@ -196,8 +209,8 @@ def test_resume_refuses_a_different_config_or_store(tmp_path, synth_store):
     with pytest.raises(ProgsaeError, match=r"different configuration \(lr: 0.003 -> 0.001\)"):
         train_sae(synth_store, out, small_cfg(steps=10, lr=1e-3), resume=True, progress=False)
     (out / "checkpoint" / "checkpoint.safetensors").unlink()
-    with pytest.raises(ProgsaeError, match="no checkpoint/ to resume from"):
-        train_sae(synth_store, out, small_cfg(steps=10), resume=True, progress=False)
+    with pytest.raises(ProgsaeError, match=r"another run \(lr differ\) and no checkpoint/ to resume from"):
+        train_sae(synth_store, out, small_cfg(steps=10, lr=1e-3), resume=True, progress=False)
     train_sae(synth_store, tmp_path / "run2", small_cfg(steps=10), progress=False)
     out = tmp_path / "run2"
     other = make_synth_store(tmp_path / "d32", d_model=32, n_features=64, tokens=3000, test_tokens=0)

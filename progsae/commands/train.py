@@ -3,7 +3,7 @@
 --arch topk|batchtopk|relu; --matryoshka 128,256,512 trains a Matryoshka SAE with those nested
 prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each step instead.
 Length: --steps S or --tokens T. The output folder holds cfg.json + sae.safetensors (load with
-progsae.load_sae), metrics.jsonl and checkpoint/; after Ctrl-C or a crash, re-run with --resume.
+progsae.load_sae), metrics.jsonl and, until the run finishes, checkpoint/; after Ctrl-C or a crash, re-run with --resume.
 
 Example (the recipe that recovers `progsae synth` features):
   progsae train --acts runs/synth --arch topk --latents 512 --k 3 --steps 500 --batch-size 2048 \
@@ -49,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
     add_device_argument(p, d.device)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--keep-checkpoint", action="store_true",
+                   help="keep checkpoint/ (optimiser state) after the run finishes; by default it is deleted")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -75,6 +77,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         buffer_bytes=int(args.shuffle_buffer_gb * 2**30),
         checkpoint_every=args.checkpoint_every,
+        keep_checkpoint=args.keep_checkpoint,
         log_every=args.log_every,
         device=args.device,
     )

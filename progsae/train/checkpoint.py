@@ -49,6 +49,13 @@ def save_checkpoint(out_dir: Path, tensors: dict[str, torch.Tensor], state: dict
     atomic_write_json(Path(out_dir) / CHECKPOINT_DIR / STATE_FILE, state)
 
 
+def remove_checkpoint(out_dir: Path) -> None:
+    """Delete checkpoint/ of a finished run: the SAE folder holds the result (the optimiser state is ~3x the SAE)."""
+    import shutil
+
+    shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
+
+
 def load_checkpoint(out_dir: Path, device: str | torch.device = "cpu") -> Checkpoint:
     path = checkpoint_path(out_dir)
     if not path.exists():

@@ -63,6 +63,7 @@ class TrainConfig:
     buffer_bytes: int = 1 << 30  # shuffle buffer of the data stream
     heldout_rows: int = 4096
     heldout_every: int | None = None
+    keep_checkpoint: bool = False  # False: a finished run deletes checkpoint/ (its SAE is saved); True keeps it for --resume
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

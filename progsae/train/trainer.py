@@ -21,12 +21,13 @@ from progsae.allocator import keep_freed_blocks
 from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 from progsae.sae import SAE, SAEConfig, TrainContext, sae_class
-from progsae.sae.io import CFG_FILE
+from progsae.sae.io import CFG_FILE, load_sae
 from progsae.train.checkpoint import (
     CHECKPOINT_DIR,
     Checkpoint,
     checkpoint_path,
     load_checkpoint,
+    remove_checkpoint,
     save_checkpoint,
 )
 from progsae.train.config import TrainConfig
@@ -38,7 +39,7 @@ from progsae.train.schedule import l1_at, lr_at
 from progsae.train.sync import LocalSync
 
 # settings that may change between an interrupted run and its resumption (they do not change results)
-RESUMABLE_CHANGES = {"checkpoint_every", "log_every", "device", "heldout_rows", "heldout_every"}
+RESUMABLE_CHANGES = {"checkpoint_every", "log_every", "device", "heldout_rows", "heldout_every", "keep_checkpoint"}
 
 
 @dataclass
@@ -138,15 +139,28 @@ class Trainer:
         ckpt_exists = checkpoint_path(self.out_dir).exists()
         if not resume and (ckpt_exists or (self.out_dir / CFG_FILE).exists()):
             raise ProgsaeError(f"{self.out_dir} already holds a training run; pass --resume to continue it or choose a new --out")
+        self.finished: SAE | None = None
         if resume and not ckpt_exists and (self.out_dir / CFG_FILE).exists():
-            raise ProgsaeError(f"{self.out_dir} holds an SAE but no checkpoint/ to resume from; choose a new --out")
-        if resume and ckpt_exists:
+            self.finished = self._finished_same_job()
+        elif resume and ckpt_exists:
             self._restore(load_checkpoint(self.out_dir))
         else:
             self._fresh_start()
             self.sync.broadcast_module(self.sae)  # processes start from rank 0's initialisation, as DDP does
 
     # ---- state ---------------------------------------------------------------------------
+    def _finished_same_job(self) -> SAE:
+        """The saved SAE of a finished run whose checkpoint/ was deleted, if it is this same job; else a one-line error."""
+        saved = load_sae(self.out_dir, device=self.device)
+        prov = saved.cfg.provenance
+        before, now = prov.get("train_config") or {}, self.cfg.to_dict()
+        changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+        if prov.get("store") != str(self.store.path.resolve()):
+            changed.append("store")
+        if changed or prov.get("steps") != self.total_steps:
+            raise ProgsaeError(f"{self.out_dir} holds an SAE of another run ({', '.join(changed) or 'steps'} differ) and no checkpoint/ to resume from; choose a new --out")
+        return saved
+
     def _fresh_start(self) -> None:
         torch.manual_seed(self.cfg.seed)
         sample_SD = strided_sample(self.store, self.cfg.init_sample)
@@ -190,6 +204,8 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------
     def run(self, on_step: Callable[[int], None] | None = None) -> SAE:
         """Train to the last step; `on_step(step)` is called after each completed step."""
+        if self.finished is not None:  # resumed after the end: nothing left to train
+            return self.finished
         cfg, st = self.cfg, self.state
         self.out_dir.mkdir(parents=True, exist_ok=True)
         metrics = MetricsLog(self.out_dir, resume_step=st.step if st.step > 0 else None) if self.sync.is_main else None
@@ -234,7 +250,10 @@ class Trainer:
             bar.close()
             if metrics is not None:
                 metrics.close()
-        return self.export()
+        sae = self.export()
+        if not cfg.keep_checkpoint and self.sync.is_main:
+            remove_checkpoint(self.out_dir)
+        return sae
 
     def _step(self, x_BD: torch.Tensor, ctx: TrainContext):
         cfg, sae, step = self.cfg, self.sae, self.state.step
