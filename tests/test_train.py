@@ -282,3 +282,13 @@ def test_cli_synth_and_train_round_trip(tmp_path, capsys):
     assert cli_main(["train", "--acts", str(acts), "--latents", "64", "--steps", "5", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "needs --k" in err
+
+
+def test_cli_train_without_a_length_runs_one_epoch(tmp_path, synth_store, capsys):
+    out = tmp_path / "sae"
+    assert cli_main(["train", "--acts", str(synth_store), "--out", str(out), "--latents", "64", "--k", "3",
+                     "--batch-size", "1024", "--quiet"]) == 0
+    kept = ActivationStore(synth_store).num_tokens("train")
+    prov = load_sae(out).cfg.provenance
+    assert prov["steps"] == -(-kept // 1024) and prov["tokens"] == prov["steps"] * 1024
+    assert f"one epoch, {kept} tokens" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 
 --arch topk|batchtopk|relu; --matryoshka 128,256,512 trains a Matryoshka SAE with those nested
 prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each step instead.
-Length: --steps S or --tokens T. The output folder holds cfg.json + sae.safetensors (load with
+Length: --steps S or --tokens T (default: one epoch of the store's train split). The output folder holds cfg.json + sae.safetensors (load with
 progsae.load_sae), metrics.jsonl and, until the run finishes, checkpoint/; after Ctrl-C or a crash, re-run with --resume.
 
 Example (the recipe that recovers `progsae synth` features):
@@ -31,9 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matryoshka", type=int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
     p.add_argument("--matryoshka-weights", type=float_list, default=None, help="per-prefix loss weights (default equal)")
     p.add_argument("--matryoshka-random", type=int, default=None, metavar="NUM_PREFIXES", help="sample this many prefixes each step")
-    length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--steps", type=int, help="optimiser steps")
-    length.add_argument("--tokens", type=int, help="training tokens (steps = tokens / batch size)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int, help="optimiser steps (default: one epoch of the store's kept train rows)")
+    length.add_argument("--tokens", type=int, help="training tokens (steps = tokens / batch size; default: one epoch)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"tokens per step (default {d.batch_size})")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 2e-4 / sqrt(n / 2^14))")
     p.add_argument("--warmup-steps", type=int, default=None, help="lr warm-up steps (default 5%% of steps, at most 1000)")
@@ -88,8 +88,11 @@ def run(args: argparse.Namespace) -> int:
     from progsae.train.metrics import read_metrics
 
     try:
-        cfg = config_from_args(args)
         store = open_store(args, ("train",))
+        if args.steps is None and args.tokens is None:
+            args.tokens = store.num_tokens("train")
+            print(f"progsae train: no --steps or --tokens given: one epoch, {args.tokens} tokens", file=sys.stderr)
+        cfg = config_from_args(args)
         sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
         print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
