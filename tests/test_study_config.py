@@ -80,3 +80,14 @@ def test_version_and_every_verbs_help_exit_cleanly(capsys):
         with pytest.raises(SystemExit) as e:
             main([verb, "--help"])
         assert e.value.code == 0 and "usage: progsae" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flag", ["--no-progress", "--quiet"])
+def test_every_verb_with_a_progress_bar_takes_both_spellings(flag):
+    from progsae.cli import build_parser
+
+    required = {"train": ["--acts", "a", "--out", "o", "--latents", "8"], "eval": ["a=s", "--acts", "a"],
+                "reproduce": ["--out", "o"], "collect": ["--out", "o"], "importance": ["s", "--acts", "a", "--out", "o"]}
+    for verb, argv in required.items():
+        assert build_parser().parse_args([verb, *argv, flag]).no_progress is True, verb
+        assert build_parser().parse_args([verb, *argv]).no_progress is False, verb

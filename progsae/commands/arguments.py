@@ -26,6 +26,11 @@ def add_device_argument(p: argparse.ArgumentParser, default: str | None = "cpu")
                    help=f"cpu, cuda, cuda:N, mps or auto (the first of cuda, mps, cpu present; default {shown})")
 
 
+def add_progress_argument(p: argparse.ArgumentParser) -> None:
+    """--no-progress, also spelled --quiet: every verb with a progress bar takes both."""
+    p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
+
+
 def comma_list(text: str) -> list[str]:
     """`a, b,c` -> ["a", "b", "c"] (empty items dropped)."""
     return [t.strip() for t in text.split(",") if t.strip()]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from progsae.commands.arguments import add_device_argument
+from progsae.commands.arguments import add_device_argument, add_progress_argument
 from progsae.data.collect import STORAGE_DTYPES, CollectConfig
 
 
@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset-config", default=None, help="Hugging Face dataset config name")
     p.add_argument("--dataset-split", default=d.dataset_split, help="Hugging Face dataset split (default train)")
     add_device_argument(p, d.device)
+    add_progress_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="store folder to write (or resume)")
 
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         shard_tokens=args.shard_tokens, device=args.device, text_field=args.text_field,
         dataset_config=args.dataset_config, dataset_split=args.dataset_split,
     )
-    out = collect(cfg, args.out)
+    out = collect(cfg, args.out, progress=not args.no_progress)
     from progsae.data.store import ActivationStore
 
     from progsae.data.outliers import describe

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument, add_outlier_arguments, comma_list, int_list, open_store
+from progsae.commands.arguments import add_device_argument, add_outlier_arguments, add_progress_argument, comma_list, int_list, open_store
 from progsae.errors import ProgsaeError
 
 
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-model", default=None, help="model name at --llm-url, or a local model (default smollm2)")
     p.add_argument("--llm-cache", default=None, help="folder of cached prompts and answers (default: beside --out)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    add_progress_argument(p)
     add_device_argument(p)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument, add_outlier_arguments, open_store, report_outliers
+from progsae.commands.arguments import add_device_argument, add_outlier_arguments, add_progress_argument, open_store, report_outliers
 from progsae.errors import ProgsaeError
 
 
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random ordering and of the bootstrap")
     p.add_argument("--max-memory-mb", type=float, default=512, help="memory for one batch of activations and its codes")
     add_device_argument(p)
+    add_progress_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args)
     split = args.split or store.choice_split()
     report_outliers(store, (split,))
-    imp = importance(sae, store, split=split, max_memory_bytes=int(args.max_memory_mb * 2**20), seed=args.seed, progress=True)
+    imp = importance(sae, store, split=split, max_memory_bytes=int(args.max_memory_mb * 2**20), seed=args.seed, progress=not args.no_progress)
     imp.source["sae_path"] = str(args.sae)
     settings = PowerLawSettings(n_boot=args.bootstrap, seed=args.seed)
     if args.fit_range is not None:

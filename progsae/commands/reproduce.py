@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument
+from progsae.commands.arguments import add_device_argument, add_progress_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (repeatable)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. collect, then train with torchrun)")
     add_device_argument(p, None)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_progress_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:

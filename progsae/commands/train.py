@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progsae.commands.arguments import add_device_argument, add_outlier_arguments, float_list, int_list, open_store
+from progsae.commands.arguments import add_device_argument, add_outlier_arguments, add_progress_argument, float_list, int_list, open_store
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
 
@@ -51,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint/ (optimiser state) after the run finishes; by default it is deleted")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress_argument(p)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             args.tokens = store.num_tokens("train")
             print(f"progsae train: no --steps or --tokens given: one epoch, {args.tokens} tokens", file=sys.stderr)
         cfg = config_from_args(args)
-        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.quiet)
+        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
         return 130
