@@ -71,8 +71,8 @@ class CollectConfig:
     def validate(self) -> None:
         from progsae.device import resolve_device
 
-        parse_hook_name(self.hook)
         self.hook = to_progsae_hook(self.hook)  # the store records progsae's name of the site, whatever name was typed
+        parse_hook_name(self.hook)
         resolve_device(self.device)
         if self.storage_dtype not in STORAGE_DTYPES:
             raise ProgsaeError(f"unknown storage dtype '{self.storage_dtype}' (use {' or '.join(STORAGE_DTYPES)})")

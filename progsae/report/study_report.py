@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+from progsae.evals.runner import load_firing
 from progsae.report.findings import compute_findings
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
-from progsae.evals.runner import load_firing
 from progsae.report.sufficiency import (density_histograms_figure, density_rows, plateau_check, size_check, sufficiency_section,
                                         training_curves_figure)
 from progsae.provenance import environment

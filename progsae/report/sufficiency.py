@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from progsae.evals.bootstrap import paired
+from progsae.evals.reconstruction import ReconstructionConfig
 from progsae.report.figures import save_png
 
 MAX_LATE_CHANGE = 0.02  # relative change of held-out FVU over the last 10% of tokens
+DENSE_THRESHOLD = ReconstructionConfig().dense_threshold  # the recon eval's, whose dense_fraction the table shows
 LATE_WINDOW = 0.05  # FVU is averaged over logs in [0.85, 0.90] and [0.95, 1.0] of the tokens: batch noise averages out
 
 
@@ -119,13 +121,13 @@ def density_histograms_figure(firing: dict[str, np.ndarray], path: Path) -> Path
                 continue
             ax.hist(np.log10(f[f > 0]), bins=bins, histtype="step", lw=1.3, label=seed, color=plt.cm.tab10(i))
             dead.append(int((f == 0).sum()))
-        ax.axvline(np.log10(0.1), color="grey", ls=":", lw=1)
+        ax.axvline(np.log10(DENSE_THRESHOLD), color="grey", ls=":", lw=1)
         ax.set_title(f"{name} (never fire: {', '.join(map(str, dead))})", fontsize=9)
         ax.set_xlabel("log10 firing frequency on test tokens")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("latents")
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Feature density of every trained SAE (dotted: the dense threshold, 10% of tokens)")
+    fig.suptitle(f"Feature density of every trained SAE (dotted: the dense threshold, {DENSE_THRESHOLD:.0%} of tokens)")
     fig.tight_layout()
     return save_png(fig, path)
 
@@ -181,7 +183,7 @@ def sufficiency_section(checks: list[Check], density: list[list]) -> list[str]:
     for c in checks:
         word = {True: "holds", False: "**fails**", None: "not measured"}[c.passed]
         lines.append(f"| {c.name} | {word} | {c.evidence} |")
-    lines += ["", "Dead and dense latents of each trained SAE on the test rows (dense: fires on more than 10% of tokens):", "",
+    lines += ["", f"Dead and dense latents of each trained SAE on the test rows (dense: fires on more than {DENSE_THRESHOLD:.0%} of tokens):", "",
               "| SAE | dead fraction | dense fraction | L0 |", "|---|---|---|---|"]
     lines += [f"| {s} | {d:.3f} | {e:.4f} | {l0:.1f} |" for s, d, e, l0 in density]
     return lines + [""]

@@ -72,6 +72,12 @@ def sae_config_for(cfg: TrainConfig, store: ActivationStore) -> SAEConfig:
     )
 
 
+def changed_settings(saved: dict, cfg: TrainConfig) -> list[str]:
+    """Settings of `cfg` that differ from a saved run's train_config, ignoring those a resumption may change."""
+    now = cfg.to_dict()
+    return sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+
+
 def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, store: ActivationStore) -> None:
     """Refuse to resume on different data or with a different configuration."""
     if ckpt.state["d_in"] != store.d_model:
@@ -80,9 +86,8 @@ def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, store: ActivationStore) 
         raise ProgsaeError(
             f"store {store.path} has {store.num_tokens('train')} training tokens, the checkpoint's store had {ckpt.state['train_tokens']}; resume on the same store"
         )
-    saved = ckpt.state["train_config"]
-    now = cfg.to_dict()
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    saved, now = ckpt.state["train_config"], cfg.to_dict()
+    changed = changed_settings(saved, cfg)
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
         raise ProgsaeError(f"cannot resume with a different configuration ({diffs}); use the original settings or a new --out")
@@ -153,12 +158,11 @@ class Trainer:
         """The saved SAE of a finished run whose checkpoint/ was deleted, if it is this same job; else a one-line error."""
         saved = load_sae(self.out_dir, device=self.device)
         prov = saved.cfg.provenance
-        before, now = prov.get("train_config") or {}, self.cfg.to_dict()
-        changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
+        changed = changed_settings(prov.get("train_config") or {}, self.cfg)  # steps included: cfg is resolved
         if prov.get("store") != str(self.store.path.resolve()):
             changed.append("store")
-        if changed or prov.get("steps") != self.total_steps:
-            raise ProgsaeError(f"{self.out_dir} holds an SAE of another run ({', '.join(changed) or 'steps'} differ) and no checkpoint/ to resume from; choose a new --out")
+        if changed:
+            raise ProgsaeError(f"{self.out_dir} holds an SAE of another run ({', '.join(changed)} differ) and no checkpoint/ to resume from; choose a new --out")
         return saved
 
     def _fresh_start(self) -> None:
@@ -302,13 +306,10 @@ class Trainer:
 
     @torch.no_grad()
     def heldout_fvu(self) -> float:
-        """FVU of the current SAE on the held-out validation sample (scale-free, so the input scale cancels)."""
+        """FVU of the current SAE on the held-out validation sample, scaled as the SAE trains (FVU is scale-free)."""
         x_SD = self.heldout_SD * self.state.input_scale
-        err, var = 0.0, 0.0
-        for x_BD in x_SD.split(4096):
-            err += float((x_BD - self.sae(x_BD)).pow(2).sum())
-        var = float((x_SD - x_SD.mean(0)).pow(2).sum())
-        return err / max(var, 1e-12)
+        err = sum(float((x_BD - self.sae(x_BD)).pow(2).sum()) for x_BD in x_SD.split(4096))
+        return err / max(float((x_SD - x_SD.mean(0)).pow(2).sum()), 1e-12)
 
     def export(self) -> SAE:
         """The trained SAE acting on raw (unscaled) inputs, with provenance; written to out_dir on the main process."""
