@@ -7,6 +7,7 @@ mode (`WANDB_MODE=offline`) writes the run folder under `<out>/wandb/` for a lat
 from __future__ import annotations
 
 import importlib
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ class WandbTracker:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         id_file = out_dir / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if resume and id_file.exists() else self.wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if resume and id_file.exists() else secrets.token_hex(4)
         id_file.write_text(run_id + "\n")
         self.run = self.wandb.init(project=project, dir=str(out_dir), id=run_id, resume="allow", name=out_dir.name,
                                    group=group, config=config, job_type="train")
