@@ -163,11 +163,16 @@ def evaluate_lm_loss(
     kl_VC: list[list[float]] = [[] for _ in variants]
     device = next(model.parameters()).device
     per_ctx = lambda t: t.sum(1).cpu().tolist()  # noqa: E731 - [B, T-2] -> B sums
+
+    def advance(ids_BT: Tensor) -> None:  # a batch's share of contexts per forward (clean, zero, mean, each variant)
+        if progress is not None:
+            progress(ids_BT.shape[0] / (len(variants) + 3))
     for ids_BT in batches:
         if ids_BT.shape[1] < 3:
             raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
         ids_BT = ids_BT.to(device)
         logits = runner.clean(ids_BT)
+        advance(ids_BT)
         p_c = logits[:, 1:-1].float().softmax(-1)
         lse_c, tgt_c, dot_c = position_stats(logits, ids_BT, p_c)
         del logits
@@ -176,15 +181,16 @@ def evaluate_lm_loss(
         clean_C += per_ctx(lse_c - tgt_c)
         lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(zero, max_norm)), ids_BT)
         zero_C += per_ctx(lse - tgt)
+        advance(ids_BT)
         lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(mean_D, max_norm)), ids_BT)
         mean_C += per_ctx(lse - tgt)
+        advance(ids_BT)
         for i, v in enumerate(variants):
             lse, tgt, dot = position_stats(runner.variant(ids_BT, v.sae, max_norm), ids_BT, p_c)
             sae_VC[i] += per_ctx(lse - tgt)
             kl_VC[i] += per_ctx(neg_entropy - (dot - lse))
+            advance(ids_BT)
         del p_c
-        if progress is not None:
-            progress(ids_BT.shape[0])
     if not n_C:
         raise ProgsaeError("no tokens to score for the LM loss")
     bootstrap = bootstrap or BootstrapConfig()
