@@ -9,11 +9,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from progsae.cli import main as cli_main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -40,11 +43,47 @@ def run(cmd: list[str], cwd: Path) -> None:
         pytest.fail(f"{cmd[0]} exited {done.returncode}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
 
 
-def test_the_command_line_walk_through_runs_as_written(tmp_path):
+def shell_lines(script: str) -> list[str]:
+    """The commands of a bash block: backslash continuations joined, blank and comment-only lines left out."""
+    out, cur = [], ""
+    for raw in script.splitlines():
+        line = raw.rstrip()
+        if line.endswith("\\"):
+            cur += line[:-1] + " "
+            continue
+        cur += line
+        if cur.strip() and not cur.strip().startswith("#"):
+            out.append(cur.strip())
+        cur = ""
+    return out
+
+
+def progsae_argv(line: str) -> list[str] | None:
+    """The arguments of a plain `progsae ...` command (run in this process: no interpreter start-up per command),
+    or None for anything the shell must run (pipes, redirections, variables, other programs)."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    words = list(lexer)
+    if not words or words[0] != "progsae" or "$" in line or "`" in line or any(set(w) <= set("|&;<>()") for w in words):
+        return None
+    return words[1:]
+
+
+def test_the_command_line_walk_through_runs_as_written(tmp_path, monkeypatch, capsys):
     script = block_after("## The command line", "bash")
     assert "progsae sort" in script and "runs/vanilla-sorted" in script
-    (tmp_path / "walkthrough.sh").write_text("set -euo pipefail\n" + script)
-    run(["bash", "walkthrough.sh"], tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for k, v in readme_env().items():
+        monkeypatch.setenv(k, v)
+    for line in shell_lines(script):
+        argv = progsae_argv(line)
+        if argv is None:
+            run(["bash", "-euo", "pipefail", "-c", line], tmp_path)
+            continue
+        rc = cli_main(argv)
+        out = capsys.readouterr()
+        assert rc == 0, f"{line}\nexited {rc}\n--- stdout\n{out.out[-3000:]}\n--- stderr\n{out.err[-3000:]}"
     runs = tmp_path / "runs"
     records = json.loads((runs / "results.json").read_text())["records"]
     assert {r["method"] if "method" in r else r["source"] for r in records} >= {"matryoshka", "sorted"}
