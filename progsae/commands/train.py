@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progsae.commands.arguments import add_device_argument, add_outlier_arguments, add_progress_argument, float_list, int_list, open_store
+from progsae.commands.arguments import (add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, float_list,
+                                        int_list, open_store)
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
 
@@ -49,6 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
     add_device_argument(p, d.device)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    add_overwrite_argument(p)
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint/ (optimiser state) after the run finishes; by default it is deleted")
     add_progress_argument(p)
@@ -84,9 +86,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from progsae.outputs import claim_folder
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
+    if args.resume and args.overwrite:
+        raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    config_from_args(args).validate(require_length=False)  # bad settings are refused before the store is read
+    claim_folder(args.out, "train", args, overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts,))
     try:
         store = open_store(args, ("train",))
         if args.steps is None and args.tokens is None:

@@ -1,0 +1,301 @@
+"""Claiming an output before a verb computes anything: locked, ours to write, writable, cleared of stale partial files.
+
+A verb calls `claim_folder` (an SAE, a store, a run folder) or `claim_file` (a results JSON) at the top of
+its run(). The claim
+  - takes a lock (an flock on `.progsae-lock`, held until the process ends or `release_all`); a second
+    process refuses at once naming the holder (pid, host, command); a lock whose holder died is free;
+  - refuses a target that holds something this job did not write (another SAE, another run, a file where
+    a folder goes), naming it, unless --overwrite, which replaces only progsae's own outputs;
+  - proves the location writable (the lock file is the first thing written) and removes the temporary
+    files an interrupted atomic write left behind.
+Folders record who wrote them in `.progsae-output.json` (verb, a digest of the job's arguments, command).
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from progsae.errors import ProgsaeError
+
+LOCK_FILE = ".progsae-lock"
+MARKER_FILE = ".progsae-output.json"
+PARTIAL_SUFFIX = ".partial"  # temporary files of atomic writes: .<name>.<random>.partial
+# arguments that do not change what a job writes (so a re-run with another value is the same job)
+NOT_THE_JOB = {"verb", "no_progress", "device", "overwrite", "threads", "resume", "keep_checkpoint", "checkpoint_every", "log_every"}
+# temporary files of atomic writes made before they carried PARTIAL_SUFFIX (mkstemp's 8 random characters)
+_LEGACY_PARTIAL = re.compile(r"^\..+\.(json|jsonl|safetensors|png|md|html)\.[a-z0-9_]{8}$")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def new_temp_file(path: Path) -> str:
+    """An empty temporary file beside `path` (atomic writes fill it, then `follow_umask` it and rename it over `path`)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+    os.close(fd)
+    return tmp
+
+
+def follow_umask(tmp: str) -> None:
+    """Give a finished temporary file the mode an ordinary open() would (mkstemp, and writers that recreate the file, make it 0600)."""
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
+def is_partial(name: str) -> bool:
+    return name.startswith(".") and (name.endswith(PARTIAL_SUFFIX) or bool(_LEGACY_PARTIAL.match(name)))
+
+
+def remove_partial_writes(folder: Path, prefix: str = ".") -> int:
+    """Delete what interrupted atomic writes left in `folder` and below (names starting with `prefix`); returns the count."""
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for root, dirs, files in os.walk(folder):
+        for name in files:
+            if name.startswith(prefix) and is_partial(name):
+                Path(root, name).unlink(missing_ok=True)
+                removed += 1
+        if prefix != ".":
+            break  # a file's own partial writes lie beside it, not below
+    return removed
+
+
+def job_key(verb: str, args: argparse.Namespace) -> str:
+    """A digest of the arguments that decide what a job writes: the same command gives the same key."""
+    picked = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_JOB and not k.startswith("_")}
+    return hashlib.sha256(json.dumps([verb, picked], default=str, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _command() -> str:
+    argv = sys.argv[1:] if Path(sys.argv[0]).name in ("progsae", "__main__.py", "cli.py") else sys.argv
+    return shlex.join(["progsae", *argv] if argv is not sys.argv else argv)
+
+
+# ---- the lock -----------------------------------------------------------------------------------
+@dataclass
+class _Lock:
+    path: Path
+    fd: int
+
+
+_HELD: list[tuple[_Lock, Path | None, bool]] = []  # (lock, folder created by this claim, marker written fresh)
+
+
+def _holder(lock_path: Path) -> str:
+    try:
+        h = json.loads(lock_path.read_text())
+        return f"pid {h['pid']} on {h['host']}: {h['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder not recorded yet"
+
+
+def _lock(lock_path: Path, target: Path) -> _Lock:
+    """Take the flock on lock_path, or refuse naming its holder. A dead holder's flock is gone with it."""
+    for _ in range(20):
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        except OSError as e:
+            raise ProgsaeError(f"{target}: cannot write here ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ProgsaeError(f"{target}: cannot lock {lock_path.name} ({e.strerror})") from None
+            raise ProgsaeError(f"{target} is in use by another progsae process ({_holder(lock_path)}); "
+                               "wait for it to finish or choose another --out") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the previous holder removed the file between our open and our flock: try again
+            os.close(fd)
+            continue
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        return _Lock(lock_path, fd)
+    raise ProgsaeError(f"{target}: could not take {lock_path.name} (it keeps changing)")
+
+
+def _unlock(lock: _Lock) -> None:
+    try:
+        lock.path.unlink(missing_ok=True)  # while still holding it, so no one locks the removed file
+    finally:
+        os.close(lock.fd)
+
+
+def release_all(failed: bool = False) -> None:
+    """Release every lock this process took; after a failed run, undo a claim that left nothing behind."""
+    while _HELD:
+        lock, created, fresh_marker = _HELD.pop()
+        folder = lock.path.parent
+        if failed and fresh_marker:
+            rest = [p for p in folder.iterdir() if p.name not in (LOCK_FILE, MARKER_FILE)] if folder.is_dir() else []
+            if not rest:
+                (folder / MARKER_FILE).unlink(missing_ok=True)
+        _unlock(lock)
+        if failed and created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _is_secondary_rank() -> bool:
+    """Under torchrun every rank runs the verb; rank 0 claims the output, the others only read it."""
+    return os.environ.get("RANK", "0") != "0"
+
+
+# ---- what a folder holds ------------------------------------------------------------------------
+def _read_json(path: Path) -> dict | None:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def folder_kind(path: Path) -> str | None:
+    """What progsae output a folder holds: 'study run', 'training run', 'SAE', 'activation store', or None."""
+    if (path / "stages").is_dir() and (path / "config.json").exists():
+        return "study run"
+    cfg = _read_json(path / "cfg.json")
+    progsae_sae = cfg is not None and cfg.get("format") == "progsae-sae"
+    if (path / "checkpoint").is_dir() or (progsae_sae and (cfg.get("provenance") or {}).get("trainer") == "progsae"):
+        return "training run"
+    if progsae_sae:
+        return "SAE"
+    meta = _read_json(path / "meta.json")
+    if meta is not None and meta.get("format") == "progsae-activations":
+        return "activation store"
+    return None
+
+
+def _contents(path: Path) -> list[str]:
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()
+                  if p.name not in (LOCK_FILE, MARKER_FILE) and not is_partial(p.name))
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _check_not_an_input(path: Path, inputs, is_file: bool) -> None:
+    """Refuse an output that is one of the job's inputs, or (a folder) holds one: writing it would destroy what is read."""
+    out = path.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        inp = Path(given).resolve()
+        if inp == out or (not is_file and out in inp.parents) or (is_file and inp in out.parents and out.exists()):
+            raise ProgsaeError(f"{path}: {'is' if inp == out else 'would replace a part of' if is_file else 'holds'} the input {given}; "
+                               "choose another --out")
+
+
+def claim_folder(path, verb: str, args: argparse.Namespace, *, overwrite: bool = False,
+                 resumable: tuple[str, ...] = (), inputs=()) -> Path:
+    """Lock the output folder `path` for `verb` and check it is ours to write (see the module docstring).
+
+    `resumable` names the kinds of folder this verb continues (e.g. train: 'training run'); the verb then
+    checks itself that the folder holds this same job. Any other non-empty folder is refused unless it
+    holds this same job's output (same verb and arguments) or --overwrite replaces a progsae output."""
+    path = Path(path)
+    if _is_secondary_rank():
+        return path
+    _check_not_an_input(path, inputs, is_file=False)
+    if path.exists() and not path.is_dir():
+        raise ProgsaeError(f"{path}: is a file, and {verb} writes a folder here; choose another --out")
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ProgsaeError(f"{path}: a part of this path is a file, not a folder; choose another --out") from None
+    except OSError as e:
+        raise ProgsaeError(f"{path}: cannot create this folder ({e.strerror})") from None
+    lock = _lock(path / LOCK_FILE, path)
+    try:
+        fresh = _check_folder(path, verb, job_key(verb, args), overwrite, resumable)
+        if fresh:
+            _write_marker(path, verb, job_key(verb, args))
+        remove_partial_writes(path)
+    except BaseException:
+        _unlock(lock)
+        if created and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
+    _HELD.append((lock, path if created else None, fresh))
+    return path
+
+
+def _check_folder(path: Path, verb: str, key: str, overwrite: bool, resumable: tuple[str, ...]) -> bool:
+    """Whether the folder starts afresh (empty, or cleared by --overwrite); raise if it is not ours to write."""
+    names = _contents(path)
+    if not names:
+        return True
+    marker = _read_json(path / MARKER_FILE)
+    kind = folder_kind(path)
+    mine = marker is not None and marker.get("verb") == verb
+    if not overwrite and mine and (marker.get("job") == key or (resumable and (kind is None or kind in resumable))):
+        return False  # this same job (a resumable verb checks the rest itself)
+    if not overwrite and marker is None and kind in resumable:
+        return False  # written before outputs were marked; the verb checks it is the same job
+    what = {"SAE": "an SAE", "activation store": "an activation store"}.get(kind, f"a {kind}") if kind else "files"
+    by = f" written by `progsae {marker['verb']}`" if marker is not None and isinstance(marker.get("verb"), str) else ""
+    if mine:
+        by += " with other arguments"
+    if not overwrite:
+        raise ProgsaeError(f"{path}: already holds {what}{by} ({_listing(names)}); choose another --out or pass --overwrite to replace it")
+    if marker is None and kind is None:
+        raise ProgsaeError(f"{path}: holds files progsae did not write ({_listing(names)}); --overwrite replaces only "
+                           "progsae outputs, so choose another --out")
+    for p in path.iterdir():
+        if p.name != LOCK_FILE:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # noqa: B018
+    return True
+
+
+def _write_marker(path: Path, verb: str, key: str) -> None:
+    text = json.dumps({"format": "progsae-output", "verb": verb, "job": key, "command": _command()}, indent=2) + "\n"
+    tmp = new_temp_file(path / MARKER_FILE)
+    Path(tmp).write_text(text)
+    follow_umask(tmp)
+    os.replace(tmp, path / MARKER_FILE)
+
+
+def claim_file(path, *, overwrite: bool = False, what: str = "--out", inputs=()) -> Path:
+    """Lock an output file (beside it, `.NAME.progsae-lock`) and refuse to replace an existing one unless --overwrite."""
+    path = Path(path)
+    if _is_secondary_rank():
+        return path
+    _check_not_an_input(path, inputs, is_file=True)
+    if path.is_dir():
+        raise ProgsaeError(f"{path}: is a folder; {what} names a file")
+    if path.exists() and not overwrite:
+        raise ProgsaeError(f"{path}: already exists; choose another {what} or pass --overwrite to replace it")
+    parent = path.parent
+    created = not parent.exists()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ProgsaeError(f"{path}: a part of this path is a file, not a folder") from None
+    except OSError as e:
+        raise ProgsaeError(f"{path}: cannot create its folder ({e.strerror})") from None
+    lock = _lock(parent / f".{path.name}{LOCK_FILE}", path)
+    remove_partial_writes(parent, prefix=f".{path.stem}")
+    _HELD.append((lock, parent if created else None, False))
+    return path
