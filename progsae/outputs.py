@@ -4,19 +4,17 @@ A verb calls `claim_folder` (an SAE, a store, a run folder) or `claim_file` (a r
 its run(). The claim
   - takes a lock (an flock on `.progsae-lock`, held until the process ends or `release_all`); a second
     process refuses at once naming the holder (pid, host, command); a lock whose holder died is free;
-  - refuses a target that holds something this job did not write (another SAE, another run, a file where
-    a folder goes), naming it, unless --overwrite, which replaces only progsae's own outputs;
+  - refuses a target that holds anything (another SAE, another run, a store, a file where a folder goes),
+    naming it, unless --overwrite, which replaces only what progsae writes; a resumable verb (train,
+    collect, reproduce) accepts a folder of its own kind and checks itself that it is the same job;
   - proves the location writable (the lock file is the first thing written) and removes the temporary
     files an interrupted atomic write left behind.
-Folders record who wrote them in `.progsae-output.json` (verb, a digest of the job's arguments, command).
 """
 
 from __future__ import annotations
 
-import argparse
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -32,10 +30,7 @@ from pathlib import Path
 from progsae.errors import ProgsaeError
 
 LOCK_FILE = ".progsae-lock"
-MARKER_FILE = ".progsae-output.json"
 PARTIAL_SUFFIX = ".partial"  # temporary files of atomic writes: .<name>.<random>.partial
-# arguments that do not change what a job writes (so a re-run with another value is the same job)
-NOT_THE_JOB = {"verb", "no_progress", "device", "overwrite", "threads", "resume", "keep_checkpoint", "checkpoint_every", "log_every"}
 # temporary files of atomic writes made before they carried PARTIAL_SUFFIX (mkstemp's 8 random characters)
 _LEGACY_PARTIAL = re.compile(r"^\..+\.(json|jsonl|safetensors|png|md|html)\.[a-z0-9_]{8}$")
 
@@ -77,12 +72,6 @@ def remove_partial_writes(folder: Path, prefix: str = ".") -> int:
     return removed
 
 
-def job_key(verb: str, args: argparse.Namespace) -> str:
-    """A digest of the arguments that decide what a job writes: the same command gives the same key."""
-    picked = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_JOB and not k.startswith("_")}
-    return hashlib.sha256(json.dumps([verb, picked], default=str, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _command() -> str:
     argv = sys.argv[1:] if Path(sys.argv[0]).name in ("progsae", "__main__.py", "cli.py") else sys.argv
     return shlex.join(["progsae", *argv] if argv is not sys.argv else argv)
@@ -95,7 +84,7 @@ class _Lock:
     fd: int
 
 
-_HELD: list[tuple[_Lock, Path | None, bool]] = []  # (lock, folder created by this claim, marker written fresh)
+_HELD: list[tuple[_Lock, Path | None]] = []  # (lock, the folder this claim created)
 
 
 def _holder(lock_path: Path) -> str:
@@ -145,15 +134,10 @@ def _unlock(lock: _Lock) -> None:
 def release_all(failed: bool = False) -> None:
     """Release every lock this process took; after a failed run, undo a claim that left nothing behind."""
     while _HELD:
-        lock, created, fresh_marker = _HELD.pop()
-        folder = lock.path.parent
-        if failed and fresh_marker:
-            rest = [p for p in folder.iterdir() if p.name not in (LOCK_FILE, MARKER_FILE)] if folder.is_dir() else []
-            if not rest:
-                (folder / MARKER_FILE).unlink(missing_ok=True)
+        lock, created = _HELD.pop()
         _unlock(lock)
-        if failed and created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if failed and created is not None and created.is_dir() and not any(created.iterdir()):
+            created.rmdir()
 
 
 def _is_secondary_rank() -> bool:
@@ -170,15 +154,17 @@ def _read_json(path: Path) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+SAE_WEIGHTS = ("sae.safetensors", "sae_weights.safetensors", "ae.pt", "params.npz")  # progsae's and the formats it imports
+
+
 def folder_kind(path: Path) -> str | None:
-    """What progsae output a folder holds: 'study run', 'training run', 'SAE', 'activation store', or None."""
-    if (path / "stages").is_dir() and (path / "config.json").exists():
+    """What a folder holds, if progsae writes such folders: 'study run', 'training run', 'SAE', 'activation store', or None."""
+    study = _read_json(path / "config.json")
+    if (path / "stages").is_dir() or (study is not None and {"data", "train", "eval"} <= set(study)):
         return "study run"
-    cfg = _read_json(path / "cfg.json")
-    progsae_sae = cfg is not None and cfg.get("format") == "progsae-sae"
-    if (path / "checkpoint").is_dir() or (progsae_sae and (cfg.get("provenance") or {}).get("trainer") == "progsae"):
+    if (path / "checkpoint").is_dir() or (path / "metrics.jsonl").exists():
         return "training run"
-    if progsae_sae:
+    if any((path / w).exists() for w in SAE_WEIGHTS) and any((path / c).exists() for c in ("cfg.json", "config.json")):
         return "SAE"
     meta = _read_json(path / "meta.json")
     if meta is not None and meta.get("format") == "progsae-activations":
@@ -187,8 +173,7 @@ def folder_kind(path: Path) -> str | None:
 
 
 def _contents(path: Path) -> list[str]:
-    return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir()
-                  if p.name not in (LOCK_FILE, MARKER_FILE) and not is_partial(p.name))
+    return sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir() if p.name != LOCK_FILE and not is_partial(p.name))
 
 
 def _listing(names: list[str]) -> str:
@@ -207,13 +192,12 @@ def _check_not_an_input(path: Path, inputs, is_file: bool) -> None:
                                "choose another --out")
 
 
-def claim_folder(path, verb: str, args: argparse.Namespace, *, overwrite: bool = False,
-                 resumable: tuple[str, ...] = (), inputs=()) -> Path:
+def claim_folder(path, verb: str, *, overwrite: bool = False, resumable: tuple[str, ...] = (), inputs=()) -> Path:
     """Lock the output folder `path` for `verb` and check it is ours to write (see the module docstring).
 
     `resumable` names the kinds of folder this verb continues (e.g. train: 'training run'); the verb then
-    checks itself that the folder holds this same job. Any other non-empty folder is refused unless it
-    holds this same job's output (same verb and arguments) or --overwrite replaces a progsae output."""
+    checks itself that the folder holds this same job. Any other non-empty folder is refused, unless
+    --overwrite replaces a progsae output. `inputs` are paths the job reads: never an output."""
     path = Path(path)
     if _is_secondary_rank():
         return path
@@ -229,52 +213,34 @@ def claim_folder(path, verb: str, args: argparse.Namespace, *, overwrite: bool =
         raise ProgsaeError(f"{path}: cannot create this folder ({e.strerror})") from None
     lock = _lock(path / LOCK_FILE, path)
     try:
-        fresh = _check_folder(path, verb, job_key(verb, args), overwrite, resumable)
-        if fresh:
-            _write_marker(path, verb, job_key(verb, args))
+        _check_folder(path, overwrite, resumable)
         remove_partial_writes(path)
     except BaseException:
         _unlock(lock)
         if created and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         raise
-    _HELD.append((lock, path if created else None, fresh))
+    _HELD.append((lock, path if created else None))
     return path
 
 
-def _check_folder(path: Path, verb: str, key: str, overwrite: bool, resumable: tuple[str, ...]) -> bool:
-    """Whether the folder starts afresh (empty, or cleared by --overwrite); raise if it is not ours to write."""
+def _check_folder(path: Path, overwrite: bool, resumable: tuple[str, ...]) -> None:
+    """Raise unless the folder is empty, of a kind this verb resumes, or (--overwrite) a progsae output, which is cleared."""
     names = _contents(path)
     if not names:
-        return True
-    marker = _read_json(path / MARKER_FILE)
+        return
     kind = folder_kind(path)
-    mine = marker is not None and marker.get("verb") == verb
-    if not overwrite and mine and (marker.get("job") == key or (resumable and (kind is None or kind in resumable))):
-        return False  # this same job (a resumable verb checks the rest itself)
-    if not overwrite and marker is None and kind in resumable:
-        return False  # written before outputs were marked; the verb checks it is the same job
+    if kind is not None and kind in resumable and not overwrite:
+        return  # the verb checks that it holds this same job
     what = {"SAE": "an SAE", "activation store": "an activation store"}.get(kind, f"a {kind}") if kind else "files"
-    by = f" written by `progsae {marker['verb']}`" if marker is not None and isinstance(marker.get("verb"), str) else ""
-    if mine:
-        by += " with other arguments"
     if not overwrite:
-        raise ProgsaeError(f"{path}: already holds {what}{by} ({_listing(names)}); choose another --out or pass --overwrite to replace it")
-    if marker is None and kind is None:
+        raise ProgsaeError(f"{path}: already holds {what} ({_listing(names)}); choose another --out or pass --overwrite to replace it")
+    if kind is None:
         raise ProgsaeError(f"{path}: holds files progsae did not write ({_listing(names)}); --overwrite replaces only "
                            "progsae outputs, so choose another --out")
     for p in path.iterdir():
         if p.name != LOCK_FILE:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # noqa: B018
-    return True
-
-
-def _write_marker(path: Path, verb: str, key: str) -> None:
-    text = json.dumps({"format": "progsae-output", "verb": verb, "job": key, "command": _command()}, indent=2) + "\n"
-    tmp = new_temp_file(path / MARKER_FILE)
-    Path(tmp).write_text(text)
-    follow_umask(tmp)
-    os.replace(tmp, path / MARKER_FILE)
 
 
 def claim_file(path, *, overwrite: bool = False, what: str = "--out", inputs=()) -> Path:
@@ -297,5 +263,5 @@ def claim_file(path, *, overwrite: bool = False, what: str = "--out", inputs=())
         raise ProgsaeError(f"{path}: cannot create its folder ({e.strerror})") from None
     lock = _lock(parent / f".{path.name}{LOCK_FILE}", path)
     remove_partial_writes(parent, prefix=f".{path.stem}")
-    _HELD.append((lock, parent if created else None, False))
+    _HELD.append((lock, parent if created else None))
     return path

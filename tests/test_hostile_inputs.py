@@ -345,10 +345,9 @@ HOLD_LOCK = """
 import sys, time
 from pathlib import Path
 from progsae.outputs import claim_file, claim_folder
-import argparse
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "folder":
-    claim_folder(path, sys.argv[3], argparse.Namespace(), resumable=("training run", "activation store", "study run"))
+    claim_folder(path, sys.argv[3], resumable=("training run", "activation store", "study run"))
 else:
     claim_file(path, overwrite=True)
 print("held", flush=True)
@@ -426,17 +425,17 @@ def test_overwrite_replaces_a_progsae_output_whole(world, tmp_path, capsys):
     out = copy(world.sae, tmp_path / "target")
     (out / "checkpoint").mkdir()
     assert main(["prune", str(world.sae), "--size", "8", "--order", "unsorted", "--out", str(out), "--overwrite"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [".progsae-output.json", "cfg.json", "sae.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["cfg.json", "sae.safetensors"]
     assert json.loads((out / "cfg.json").read_text())["provenance"]["prune"]["size"] == 8
 
 
-def test_the_same_job_may_run_again_and_another_may_not(world, tmp_path, capsys):
+def test_a_finished_output_is_refused_even_to_the_same_command(world, tmp_path, capsys):
     argv = ["prune", str(world.sae), "--size", "8", "--order", "unsorted", "--out", str(tmp_path / "p")]
     assert main(argv) == 0
-    assert main(argv) == 0  # the same job: its own output, rewritten identically
     capsys.readouterr()
-    assert main([*argv[:3], "16", *argv[4:]]) == 2
-    assert "written by `progsae prune` with other arguments" in capsys.readouterr().err
+    assert main(argv) == 2
+    assert "already holds an SAE (cfg.json, sae.safetensors); choose another --out or pass --overwrite" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == 0
 
 
 def test_resume_removes_partial_writes_of_a_killed_save(world, tmp_path, capsys):

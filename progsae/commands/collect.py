@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         dataset_config=args.dataset_config, dataset_split=args.dataset_split,
     )
     cfg.validate()
-    claim_folder(args.out, "collect", args, overwrite=args.overwrite, resumable=("activation store",))
+    claim_folder(args.out, "collect", overwrite=args.overwrite, resumable=("activation store",))
     out = collect(cfg, args.out, progress=not args.no_progress)
     from progsae.data.store import ActivationStore
 

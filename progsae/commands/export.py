@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from progsae.outputs import claim_folder
     from progsae.sae.io import load_sae
 
-    claim_folder(args.out, "export", args, overwrite=args.overwrite, inputs=(args.sae,))
+    claim_folder(args.out, "export", overwrite=args.overwrite, inputs=(args.sae,))
     sae = load_sae(args.sae)
     out = export_sae(sae, args.to, args.out, allow_retopk=args.allow_retopk)
     print(f"exported {sae.cfg.architecture} SAE ({sae.n_latents} latents) from {args.sae} to {args.to} format: {out}")

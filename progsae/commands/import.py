@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.path) == bool(args.from_hub):
         raise ProgsaeError("give either a local PATH or --from-hub OWNER/REPO/PATH (exactly one)")
-    claim_folder(args.out, "import", args, overwrite=args.overwrite, inputs=(args.path,))
+    claim_folder(args.out, "import", overwrite=args.overwrite, inputs=(args.path,))
     src = args.path
     if args.from_hub:
         from progsae.interop.hub import fetch

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from progsae.outputs import claim_folder
     from progsae.sae.io import load_sae
 
-    claim_folder(args.out, "prune", args, overwrite=args.overwrite, inputs=(args.sae, args.importance, args.acts))
+    claim_folder(args.out, "prune", overwrite=args.overwrite, inputs=(args.sae, args.importance, args.acts))
     sae = load_sae(args.sae, device=args.device)
     imp = args.importance
     if imp is None and args.acts is not None and args.order in ("ef2", "freq", "mean"):

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         cfg.device = args.device
     resolve_device(cfg.device)  # checked here, not when the config loads: the paper preset names cuda
-    out = claim_folder(args.out, "reproduce", args, overwrite=args.overwrite, resumable=("study run",), inputs=(args.config,))
+    out = claim_folder(args.out, "reproduce", overwrite=args.overwrite, resumable=("study run",), inputs=(args.config,))
     atomic_write_json(out / "config.json", cfg.to_dict())
     ctx = RunContext(cfg, out, progress=not args.no_progress)
     stages = STAGES[: names.index(args.until) + 1] if args.until else STAGES

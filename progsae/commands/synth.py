@@ -36,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from progsae.outputs import claim_folder
 
-    claim_folder(args.out, "synth", args, overwrite=args.overwrite)
+    claim_folder(args.out, "synth", overwrite=args.overwrite)
     out = make_synthetic(
         args.out,
         d_model=args.d_model,

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     config_from_args(args).validate(require_length=False)  # bad settings are refused before the store is read
-    claim_folder(args.out, "train", args, overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts,))
+    claim_folder(args.out, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts,))
     try:
         store = open_store(args, ("train",))
         if args.steps is None and args.tokens is None:
