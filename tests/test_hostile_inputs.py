@@ -463,16 +463,40 @@ def test_files_follow_the_umask(world, tmp_path, capsys, umask):
     assert set(modes.values()) == {0o666 & ~umask}, modes
 
 
+def test_a_disk_that_fills_is_one_line_and_leaves_no_partial_file(world, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import progsae.sae.io as sae_io
+
+    def full(tensors, path, metadata=None):
+        Path(path).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(sae_io, "save_file", full)
+    before = tree_digest(tmp_path, world.sae)
+    assert main(["prune", str(world.sae), "--size", "8", "--order", "unsorted", "--out", str(tmp_path / "p")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["progsae prune: error: No space left on device"]
+    assert tree_digest(tmp_path, world.sae) == before  # no partial file, no empty output folder
+
+
 if __name__ == "__main__":  # print the table of cases and what each prints now (for the note)
+    import contextlib
+    import io
     import tempfile
 
     with tempfile.TemporaryDirectory() as root:
         w = build_world(Path(root))
-        print("| case | exit | what it prints now |\n|---|---|---|")
+        print("| case | exit | what it prints now (stderr) |\n|---|---|---|")
         for i, (case_id, argv, _) in enumerate(CASES):
             tmp = Path(root) / f"case{i}"
             tmp.mkdir()
             args = [str(a) for a in argv(w, tmp)]
-            r = subprocess.run([sys.executable, "-m", "progsae.cli", *args], capture_output=True, text=True, cwd=root)
-            line = r.stderr.strip().replace(root, "$TMP").replace("|", "\\|")
-            print(f"| {case_id} | {r.returncode} | `{line}` |")
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    rc = main(args)
+                except SystemExit as e:
+                    rc = e.code
+            line = err.getvalue().strip().replace(str(tmp), "$CASE").replace(root, "$TMP").replace("|", "\\|")
+            print(f"| {case_id} | {rc} | `{line}` |")
