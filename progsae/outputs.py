@@ -57,24 +57,37 @@ def is_partial(name: str) -> bool:
     return name.startswith(".") and (name.endswith(PARTIAL_SUFFIX) or bool(_LEGACY_PARTIAL.match(name)))
 
 
-def remove_partial_writes(folder: Path, prefix: str = ".") -> int:
-    """Delete what interrupted atomic writes left in `folder` and below (names starting with `prefix`); returns the count."""
+def remove_partial_writes(folder: Path) -> int:
+    """Delete what interrupted atomic writes left in a claimed folder and below; returns the count.
+
+    A subfolder with its own lock file is another claim's (perhaps live) output and is left alone."""
     removed = 0
-    if not folder.is_dir():
-        return 0
     for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not (Path(root, d) / LOCK_FILE).exists()]
         for name in files:
-            if name.startswith(prefix) and is_partial(name):
+            if is_partial(name):
                 Path(root, name).unlink(missing_ok=True)
                 removed += 1
-        if prefix != ".":
-            break  # a file's own partial writes lie beside it, not below
     return removed
 
 
+def remove_partial_writes_of(paths: tuple[Path, ...]) -> None:
+    """Delete what interrupted atomic writes of these files left beside them (`.NAME.<random>.partial`)."""
+    for path in paths:
+        for p in path.parent.glob(f".{glob_escape(path.name)}.*"):
+            if is_partial(p.name):
+                p.unlink(missing_ok=True)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
 def _command() -> str:
-    argv = sys.argv[1:] if Path(sys.argv[0]).name in ("progsae", "__main__.py", "cli.py") else sys.argv
-    return shlex.join(["progsae", *argv] if argv is not sys.argv else argv)
+    """The command line as the user typed it (for the lock's holder line)."""
+    if Path(sys.argv[0]).name in ("progsae", "__main__.py", "cli.py"):
+        return shlex.join(["progsae", *sys.argv[1:]])
+    return shlex.join(sys.argv)
 
 
 # ---- the lock -----------------------------------------------------------------------------------
@@ -84,7 +97,7 @@ class _Lock:
     fd: int
 
 
-_HELD: list[tuple[_Lock, Path | None]] = []  # (lock, the folder this claim created)
+_HELD: list[tuple[_Lock, list[Path]]] = []  # (lock, the folders this claim created, deepest first)
 
 
 def _holder(lock_path: Path) -> str:
@@ -136,8 +149,21 @@ def release_all(failed: bool = False) -> None:
     while _HELD:
         lock, created = _HELD.pop()
         _unlock(lock)
-        if failed and created is not None and created.is_dir() and not any(created.iterdir()):
-            created.rmdir()
+        if failed:
+            _remove_empty(created)
+
+
+def _make_folder(path: Path) -> list[Path]:
+    """mkdir -p; returns the folders it created, deepest first (a failed claim removes them again)."""
+    created = [p for p in [path, *path.parents] if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_empty(created: list[Path]) -> None:
+    for folder in created:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _is_secondary_rank() -> bool:
@@ -204,23 +230,23 @@ def claim_folder(path, verb: str, *, overwrite: bool = False, resumable: tuple[s
     _check_not_an_input(path, inputs, is_file=False)
     if path.exists() and not path.is_dir():
         raise ProgsaeError(f"{path}: is a file, and {verb} writes a folder here; choose another --out")
-    created = not path.exists()
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        created = _make_folder(path)
     except (FileExistsError, NotADirectoryError):
         raise ProgsaeError(f"{path}: a part of this path is a file, not a folder; choose another --out") from None
     except OSError as e:
         raise ProgsaeError(f"{path}: cannot create this folder ({e.strerror})") from None
-    lock = _lock(path / LOCK_FILE, path)
+    lock = None
     try:
+        lock = _lock(path / LOCK_FILE, path)
         _check_folder(path, overwrite, resumable)
         remove_partial_writes(path)
     except BaseException:
-        _unlock(lock)
-        if created and path.is_dir() and not any(path.iterdir()):
-            path.rmdir()
+        if lock is not None:
+            _unlock(lock)
+        _remove_empty(created)
         raise
-    _HELD.append((lock, path if created else None))
+    _HELD.append((lock, created))
     return path
 
 
@@ -243,25 +269,32 @@ def _check_folder(path: Path, overwrite: bool, resumable: tuple[str, ...]) -> No
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()  # noqa: B018
 
 
-def claim_file(path, *, overwrite: bool = False, what: str = "--out", inputs=()) -> Path:
-    """Lock an output file (beside it, `.NAME.progsae-lock`) and refuse to replace an existing one unless --overwrite."""
+def claim_file(path, *, overwrite: bool = False, what: str = "--out", inputs=(), companions: tuple[Path, ...] = ()) -> Path:
+    """Lock an output file (beside it, `.NAME.progsae-lock`) and refuse to replace an existing one unless --overwrite.
+
+    `companions` are files the verb writes beside it (e.g. results.replicates.safetensors), cleared of partial writes too."""
     path = Path(path)
     if _is_secondary_rank():
         return path
     _check_not_an_input(path, inputs, is_file=True)
     if path.is_dir():
         raise ProgsaeError(f"{path}: is a folder; {what} names a file")
-    if path.exists() and not overwrite:
-        raise ProgsaeError(f"{path}: already exists; choose another {what} or pass --overwrite to replace it")
-    parent = path.parent
-    created = not parent.exists()
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        created = _make_folder(path.parent)
     except (FileExistsError, NotADirectoryError):
         raise ProgsaeError(f"{path}: a part of this path is a file, not a folder") from None
     except OSError as e:
         raise ProgsaeError(f"{path}: cannot create its folder ({e.strerror})") from None
-    lock = _lock(parent / f".{path.name}{LOCK_FILE}", path)
-    remove_partial_writes(parent, prefix=f".{path.stem}")
-    _HELD.append((lock, parent if created else None))
+    lock = None
+    try:
+        lock = _lock(path.parent / f".{path.name}{LOCK_FILE}", path)
+        if path.exists() and not overwrite:  # checked holding the lock, so a run that just finished is seen
+            raise ProgsaeError(f"{path}: already exists; choose another {what} or pass --overwrite to replace it")
+        remove_partial_writes_of((path, *map(Path, companions)))
+    except BaseException:
+        if lock is not None:
+            _unlock(lock)
+        _remove_empty(created)
+        raise
+    _HELD.append((lock, created))
     return path

@@ -449,6 +449,16 @@ def test_resume_removes_partial_writes_of_a_killed_save(world, tmp_path, capsys)
     assert not any(p.exists() for p in stale)
 
 
+def test_eval_removes_partial_writes_of_its_results_only(world, tmp_path, capsys):
+    mine = [tmp_path / ".r.json.k1ll3d00.partial", tmp_path / ".r.replicates.safetensors.abcdefgh.partial"]
+    theirs = tmp_path / ".r2.json.abcdefgh.partial"  # another results file's write, perhaps in progress
+    for p in [*mine, theirs]:
+        p.write_bytes(b"half a file")
+    assert main(["eval", str(world.sae), "--acts", str(world.store), "--metrics", "recon", "--out", str(tmp_path / "r.json")]) == 0
+    assert not any(p.exists() for p in mine) and theirs.exists()
+    assert json.loads((tmp_path / "r.json").read_text())
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o027])
 def test_files_follow_the_umask(world, tmp_path, capsys, umask):
     old = os.umask(umask)

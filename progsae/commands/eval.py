@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from progsae.evals.interp.score import InterpConfig
     from progsae.evals.lm_loss import LMLossConfig
     from progsae.evals.reconstruction import ReconstructionConfig
-    from progsae.evals.runner import EvalRunConfig, format_table, run_evals
+    from progsae.evals.runner import EvalRunConfig, firing_path, format_table, replicates_path, run_evals
     from progsae.evals.similarity import SimilarityConfig
     from progsae.outputs import claim_file
     from progsae.sae.io import load_sae
@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     if bad:
         raise ProgsaeError(f"unknown mode {bad} (use mask, retopk or mask,retopk)")
     folders = parse_saes(args.saes)
-    claim_file(args.out, overwrite=args.overwrite, inputs=(args.acts, *folders.values()))
+    claim_file(args.out, overwrite=args.overwrite, inputs=(args.acts, *folders.values()),
+               companions=(replicates_path(args.out), firing_path(args.out)))
     store = open_store(args, (args.split,))
     saes = {name: load_sae(folder, device=args.device) for name, folder in folders.items()}
     cfg = EvalRunConfig(
