@@ -31,6 +31,12 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
 
 
+def add_overwrite_argument(p: argparse.ArgumentParser, what: str = "--out") -> None:
+    """--overwrite: every verb that writes refuses a target holding another job's output unless given it."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace what {what} holds (only progsae outputs are ever replaced; without it another job's output is refused)")
+
+
 def comma_list(text: str) -> list[str]:
     """`a, b,c` -> ["a", "b", "c"] (empty items dropped)."""
     return [t.strip() for t in text.split(",") if t.strip()]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progsae.commands.arguments import add_device_argument, add_progress_argument
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument
 from progsae.data.collect import STORAGE_DTYPES, CollectConfig
 from progsae.errors import ProgsaeError
 
@@ -49,12 +49,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="store folder to write (or resume)")
+    add_overwrite_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from progsae.data.collect import collect
+    from progsae.outputs import claim_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         shard_tokens=args.shard_tokens, device=args.device, text_field=args.text_field,
         dataset_config=args.dataset_config, dataset_split=args.dataset_split,
     )
+    cfg.validate()
+    claim_folder(args.out, "collect", overwrite=args.overwrite, resumable=("activation store",))
     out = collect(cfg, args.out, progress=not args.no_progress)
     from progsae.data.store import ActivationStore
 

@@ -19,8 +19,8 @@ import argparse
 import sys
 
 from progsae.commands.arguments import (
-    add_device_argument, add_outlier_arguments, add_progress_argument, add_wandb_argument, float_list, given_options, int_list,
-    open_store, record_given_options,
+    add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, add_wandb_argument, float_list,
+    given_options, int_list, open_store, record_given_options,
 )
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
     add_device_argument(p, d.device)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    add_overwrite_argument(p)
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint/ (optimiser state) after the run finishes; by default it is deleted")
     add_progress_argument(p)
@@ -142,13 +143,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from progsae.outputs import claim_folder
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
-    given = given_options(args)
+    if args.resume and args.overwrite:
+        raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    cfg = merged_config(args, given_options(args))
+    cfg.validate(require_length=False)  # bad settings are refused before the store is read
+    claim_folder(args.out, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts, args.config))
     try:
         store = open_store(args, ("train",))
-        cfg = merged_config(args, given)
         if cfg.steps is None and cfg.tokens is None:
             cfg = replace(cfg, tokens=store.num_tokens("train"))
             print(f"progsae train: no --steps or --tokens given: one epoch, {cfg.tokens} tokens", file=sys.stderr)
