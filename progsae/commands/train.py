@@ -147,9 +147,10 @@ def run(args: argparse.Namespace) -> int:
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
+    given = given_options(args)  # first: until then the untyped options are absent from args
     if args.resume and args.overwrite:
         raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
-    cfg = merged_config(args, given_options(args))
+    cfg = merged_config(args, given)
     cfg.validate(require_length=False)  # bad settings are refused before the store is read
     claim_folder(args.out, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts, args.config))
     try:
