@@ -14,7 +14,7 @@ from progsae.data.collect import CollectConfig
 from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR
 from progsae.errors import ProgsaeError
 
-PRESETS = ("embedded", "quick", "paper")
+PRESETS = ("embedded", "quick", "quick-k", "paper")
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
 from progsae.progressive.importance import iter_activation_rows, rows_per_batch
 
@@ -44,8 +45,6 @@ def threshold_for_l0(sae, k: int, acts, split: str | None = None, max_rows: int 
     Streams the rows, keeping the T = k * rows largest pre-activations seen; the threshold is the (T+1)-th
     largest (so exactly T entries exceed it, ties aside), at least 0. Returns it and a calibration record.
     """
-    from progsae.data.store import ActivationStore
-
     if acts is None:
         raise ProgsaeError("a BatchTopK SAE's k is a global threshold: at_k needs held-out rows to calibrate it (--acts)")
     if not isinstance(acts, (Tensor, ActivationStore)):

@@ -109,7 +109,11 @@ def frontier_figure(records: list[dict], n: int, mode: str) -> Figure | None:
         ax.set_xlabel("L0 (active latents per token)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("FVU (test)")
-    axes[-1].legend(fontsize=7, loc="best")
+    handles = {}
+    for ax in axes:  # the size-matched baselines appear only in the G < n panels
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    axes[-1].legend(list(handles.values()), list(handles), fontsize=7, loc="best")
     fig.suptitle("L0–FVU frontier over the (G, k') grid: mean over seeds; trained vanilla SAEs matched in size (k) or in k (G = n)",
                  fontsize=9)
     fig.tight_layout()
