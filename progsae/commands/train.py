@@ -2,6 +2,8 @@
 
 --arch topk|batchtopk|relu; --matryoshka 128,256,512 trains a Matryoshka SAE with those nested
 prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each step instead.
+--k-levels 8,16,32 (last = --k) trains one SAE for every sparsity up to k: the loss averages the error of
+decoding only the j largest activations, for each level j (with --matryoshka: every prefix at every level).
 Length: --steps S or --tokens T (default: one epoch of the store's train split).
 --config FILE reads settings from a JSON object of TrainConfig fields (e.g. a trained SAE's cfg.json ->
 provenance.train_config); options typed on the command line override it.
@@ -38,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--matryoshka", type=int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
     p.add_argument("--matryoshka-weights", type=float_list, default=None, help="per-prefix loss weights (default equal)")
     p.add_argument("--matryoshka-random", type=int, default=None, metavar="NUM_PREFIXES", help="sample this many prefixes each step")
+    p.add_argument("--k-levels", type=int_list, default=None,
+                   help="hierarchical objective: sparsity levels, e.g. 8,16,32 (last = --k); topk, batchtopk")
+    p.add_argument("--k-level-weights", type=float_list, default=None, help="per-level loss weights (default equal)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, help="optimiser steps (default: one epoch of the store's kept train rows)")
     length.add_argument("--tokens", type=int, help="training tokens (steps = tokens / batch size; default: one epoch)")
@@ -121,6 +126,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         matryoshka=args.matryoshka,
         matryoshka_weights=args.matryoshka_weights,
         matryoshka_random=args.matryoshka_random,
+        k_levels=args.k_levels,
+        k_level_weights=args.k_level_weights,
         steps=args.steps,
         tokens=args.tokens,
         batch_size=args.batch_size,

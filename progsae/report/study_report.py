@@ -6,6 +6,7 @@ import json
 
 from progsae.evals.runner import load_firing
 from progsae.report.findings import compute_findings
+from progsae.report.k_grid import grid_section
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
@@ -85,8 +86,13 @@ def write_study_report(ctx) -> None:
     atomic_write_json(ctx.path("provenance.json"), prov)
     findings = compute_findings(records, reps, power_laws, bands, t)
     atomic_write_json(ctx.path("findings.json"), [f.to_dict() for f in findings])
+    grid = json.loads(ctx.path("kgrid", "results.json").read_text()) if ctx.path("kgrid", "results.json").exists() else []
+    grid_lines, grid_found = grid_section(grid, load_replicates(ctx, "kgrid"), cfg.train.k, n, cfg.eval.modes[0],
+                                          ctx.path("figures", "k_grid_frontier.png"))
+    if grid_found:
+        atomic_write_json(ctx.path("kgrid_findings.json"), [f.to_dict() for f in grid_found])
     md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows, outliers=outliers,
-                         extra=sufficiency)
+                         extra=sufficiency + grid_lines)
     md += "\n".join(["", "## Provenance", "", "Also in `provenance.json` beside `results.json`.", "",
                       "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in prov.items()), ""])
     if write_latents(ctx):

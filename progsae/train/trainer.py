@@ -54,12 +54,15 @@ class RunState:
 
 
 def sae_config_for(cfg: TrainConfig, store: ActivationStore) -> SAEConfig:
-    """The SAEConfig a run trains: architecture, sizes, Matryoshka prefixes/weights, source model and hook."""
+    """The SAEConfig a run trains: architecture, sizes, Matryoshka prefixes/weights, k levels, source model and hook."""
     provenance: dict = {}
     if cfg.matryoshka:
         provenance["matryoshka"] = {"weights": list(cfg.matryoshka_weights or [1.0 / len(cfg.matryoshka)] * len(cfg.matryoshka))}
     elif cfg.matryoshka_random:
         provenance["matryoshka"] = {"random": int(cfg.matryoshka_random)}
+    if cfg.k_levels:
+        weights = cfg.k_level_weights or [1.0 / len(cfg.k_levels)] * len(cfg.k_levels)
+        provenance["k_levels"] = {"levels": [int(j) for j in cfg.k_levels], "weights": [float(w) for w in weights]}
     return SAEConfig(
         architecture=cfg.arch,
         d_in=store.d_model,
