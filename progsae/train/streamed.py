@@ -25,8 +25,10 @@ from pathlib import Path
 
 import torch
 
+from progsae.data.collect import CollectConfig, collect, heldout_only, store_folders
+from progsae.data.models import load_model
 from progsae.data.store import ActivationStore
-from progsae.data.stream import ActivationStream, Batch, Batcher, Chunk, StreamPosition
+from progsae.data.stream import ActivationStream, Batch, Batcher, Chunk, StreamPosition, chunk_contexts_for
 from progsae.errors import ProgsaeError
 from progsae.sae import SAE
 from progsae.train.checkpoint import Checkpoint
@@ -102,6 +104,24 @@ class _Chunks:
             first, self._first = self._first, None  # released once trained on
             return itertools.chain([first], self._it)
         return self.stream.chunks(start)
+
+
+def stream_train(cfg: CollectConfig, jobs: list[StreamJob], acts, *, outlier_factor: float | None, buffer_bytes: int, seed: int,
+                 resume: bool = True, progress: bool = True, model=None, tokenizer=None,
+                 on_batch: Callable[[str, Batch], None] | None = None) -> dict[Path, SAE]:
+    """Collect (or finish) the validation/test store of `cfg` at `acts` (one per hook under it for several hooks),
+    then train every job from one pass over cfg's train split, shuffled in chunks of about `buffer_bytes`."""
+    cfg.validate()
+    if cfg.test_tokens + cfg.resolved_validation_tokens == 0:
+        raise ProgsaeError("a streamed run needs held-out rows: ask for --test-tokens and/or --validation-tokens")
+    if model is None:
+        model, tokenizer = load_model(cfg.model, device=cfg.device)
+    collect(heldout_only(cfg), acts, model=model, tokenizer=tokenizer, progress=progress)
+    stores = {h: ActivationStore(path, outlier_factor=outlier_factor) for h, path in store_folders(cfg, acts).items()}
+    row_bytes = 4 * sum(s.d_model for s in stores.values())
+    stream = ActivationStream(cfg, model, tokenizer, {h: s.outlier_rule for h, s in stores.items()},
+                              chunk_contexts=chunk_contexts_for(buffer_bytes, cfg, row_bytes), seed=seed)
+    return train_streamed(stream, jobs, stores, resume=resume, progress=progress, on_batch=on_batch)
 
 
 def train_streamed(stream: ActivationStream, jobs: list[StreamJob], heldout: dict[str, ActivationStore], *, resume: bool = True,
