@@ -6,6 +6,8 @@ The stream reads the train split's contexts through `collect.iter_context_batche
 the outlier rule drops the rows its readers would drop (`OutlierRule.keep` on `row_norms`), and the
 rest are shuffled by a generator seeded with (seed, chunk index). A `StreamPosition` (chunk, row)
 therefore names one row for good: a resumed run regenerates that chunk and skips the rows before it.
+With `epochs` > 1 the model reads the split again, each pass reshuffled: chunk numbers run on across
+passes (chunk g is chunk g mod n_chunks of pass g div n_chunks), so a position is still one number pair.
 Peak memory is a few chunks, whatever the number of tokens.
 """
 
@@ -27,7 +29,7 @@ STORAGE_TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 @dataclass(frozen=True)
 class StreamPosition:
-    """The next row of one hook's stream: row `row` of chunk `chunk`'s shuffled kept rows."""
+    """The next row of one hook's stream: row `row` of chunk `chunk`'s shuffled kept rows (chunks numbered across passes)."""
 
     chunk: int = 0
     row: int = 0
@@ -44,8 +46,8 @@ class StreamPosition:
 class Chunk:
     """One chunk of the stream: per hook, its kept rows in shuffled order and where each came from."""
 
-    index: int
-    first_context: int
+    index: int  # across passes: pass * n_chunks + chunk of the pass
+    first_context: int  # in its pass
     token_ids_CL: torch.Tensor  # CPU int64
     rows: dict[str, torch.Tensor]  # hook -> [R, D] float32 on the model's device
     row_ids: dict[str, torch.Tensor]  # hook -> [R] int64: the row's index in a store's train split (context * rpc + offset)
@@ -68,7 +70,7 @@ class ActivationStream:
     """The train split of `cfg` as seeded, shuffled chunks of activation rows at each of its hooks."""
 
     def __init__(self, cfg: CollectConfig, model, tokenizer, rules: dict[str, OutlierRule | None], *,
-                 chunk_contexts: int, seed: int):
+                 chunk_contexts: int, seed: int, epochs: int = 1):
         cfg.validate()
         self.cfg = cfg
         self.model, self.tokenizer = model, tokenizer
@@ -76,6 +78,7 @@ class ActivationStream:
         self.rules = rules
         self.chunk_contexts = int(chunk_contexts)
         self.seed = int(seed)
+        self.epochs = int(epochs)
         self.storage = STORAGE_TORCH_DTYPES[cfg.storage_dtype]
 
     @property
@@ -90,34 +93,41 @@ class ActivationStream:
 
     @property
     def n_chunks(self) -> int:
+        """Chunks of one pass."""
         return math.ceil(self.n_contexts / self.chunk_contexts)
+
+    @property
+    def total_chunks(self) -> int:
+        return self.epochs * self.n_chunks
 
     def identity(self) -> dict:
         """What fixes every row of the stream: a resumed run must agree on all of it."""
         c = self.cfg
         return {"collect": {k: v for k, v in determinants(c).items() if k != "shard_tokens"},
                 "test_fraction": c.resolved_test_fraction(), "validation_fraction": c.resolved_validation_fraction(),
-                "contexts": self.n_contexts, "chunk_contexts": self.chunk_contexts, "seed": self.seed,
+                "contexts": self.n_contexts, "chunk_contexts": self.chunk_contexts, "seed": self.seed, "epochs": self.epochs,
                 "rules": {h: None if r is None else r.to_dict() for h, r in self.rules.items()}}
 
     def chunks(self, start: int = 0) -> Iterator[Chunk]:
-        """Chunks start, start+1, ... to the end of the train split (contexts before `start` are tokenised, never run)."""
+        """Chunks start, start+1, ... to the end of the last pass (contexts before `start` in its pass are tokenised, never run)."""
         k = self.chunk_contexts
-        pending: list[ContextBatch] = []
-        batches = iter_context_batches(self.cfg, "train", self.model, self.tokenizer, self.sites,
-                                       start=start * k, stop=self.n_contexts, block=k)
-        for batch in batches:
-            pending.append(batch)
-            end = batch.first + batch.ids_BL.shape[0]
-            if end % k == 0 or end == self.n_contexts:
-                yield self._chunk(pending)
-                pending = []
-        if pending:  # the corpus ran out inside a chunk
-            yield self._chunk(pending)
+        for epoch in range(start // self.n_chunks, self.epochs):
+            first_chunk = start % self.n_chunks if epoch == start // self.n_chunks else 0
+            pending: list[ContextBatch] = []
+            batches = iter_context_batches(self.cfg, "train", self.model, self.tokenizer, self.sites,
+                                           start=first_chunk * k, stop=self.n_contexts, block=k)
+            for batch in batches:
+                pending.append(batch)
+                end = batch.first + batch.ids_BL.shape[0]
+                if end % k == 0 or end == self.n_contexts:
+                    yield self._chunk(pending, epoch)
+                    pending = []
+            if pending:  # the corpus ran out inside a chunk
+                yield self._chunk(pending, epoch)
 
-    def _chunk(self, batches: list[ContextBatch]) -> Chunk:
+    def _chunk(self, batches: list[ContextBatch], epoch: int) -> Chunk:
         first = batches[0].first
-        index = first // self.chunk_contexts
+        index = epoch * self.n_chunks + first // self.chunk_contexts
         rpc = self.cfg.rows_per_context
         ids_CL = torch.cat([b.ids_BL for b in batches])
         gen = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, index]).integers(2**62)))

@@ -107,10 +107,10 @@ class _Chunks:
 
 
 def stream_train(cfg: CollectConfig, jobs: list[StreamJob], acts, *, outlier_factor: float | None, buffer_bytes: int, seed: int,
-                 resume: bool = True, progress: bool = True, model=None, tokenizer=None,
+                 epochs: int = 1, resume: bool = True, progress: bool = True, model=None, tokenizer=None,
                  on_batch: Callable[[str, Batch], None] | None = None) -> dict[Path, SAE]:
     """Collect (or finish) the validation/test store of `cfg` at `acts` (one per hook under it for several hooks),
-    then train every job from one pass over cfg's train split, shuffled in chunks of about `buffer_bytes`."""
+    then train every job from one stream of cfg's train split (`epochs` passes), shuffled in chunks of about `buffer_bytes`."""
     cfg.validate()
     if cfg.test_tokens + cfg.resolved_validation_tokens == 0:
         raise ProgsaeError("a streamed run needs held-out rows: ask for --test-tokens and/or --validation-tokens")
@@ -120,7 +120,7 @@ def stream_train(cfg: CollectConfig, jobs: list[StreamJob], acts, *, outlier_fac
     stores = {h: ActivationStore(path, outlier_factor=outlier_factor) for h, path in store_folders(cfg, acts).items()}
     row_bytes = 4 * sum(s.d_model for s in stores.values())
     stream = ActivationStream(cfg, model, tokenizer, {h: s.outlier_rule for h, s in stores.items()},
-                              chunk_contexts=chunk_contexts_for(buffer_bytes, cfg, row_bytes), seed=seed)
+                              chunk_contexts=chunk_contexts_for(buffer_bytes, cfg, row_bytes), seed=seed, epochs=epochs)
     return train_streamed(stream, jobs, stores, resume=resume, progress=progress, on_batch=on_batch)
 
 
@@ -128,7 +128,7 @@ def train_streamed(stream: ActivationStream, jobs: list[StreamJob], heldout: dic
                    progress: bool = True, on_batch: Callable[[str, Batch], None] | None = None) -> dict[Path, SAE]:
     """Train every job from one pass of `stream`; returns each job's SAE by folder.
 
-    Every job trains `stream.stored_rows` tokens (its `tokens`/`steps` are replaced by that). `on_batch(hook, batch)`
+    Every job trains the stream's rows (its `tokens`/`steps` are replaced by `planned_rows`). `on_batch(hook, batch)`
     is called once per batch after every SAE has stepped on it (tests read the rows trained on through it)."""
     if not jobs:
         raise ProgsaeError("no SAEs to train")
@@ -154,7 +154,7 @@ def planned_rows(stream: ActivationStream, heldout: ActivationStore) -> int:
     reference split's rows the outlier rule keeps (the pass itself is known only at its end)."""
     ref = next((s for s in ("validation", "test") if heldout.has_split(s)), None)
     share = 1.0 if ref is None or stream.rules.get(heldout.meta.get("hook")) is None else heldout.num_tokens(ref) / heldout.stored_tokens(ref)
-    return max(1, round(stream.stored_rows * share))
+    return max(1, round(stream.epochs * stream.stored_rows * share))
 
 
 def _run(stream: ActivationStream, chunks: _Chunks, live: list[StreamedTrainer], progress: bool,
@@ -184,7 +184,7 @@ def _run(stream: ActivationStream, chunks: _Chunks, live: list[StreamedTrainer],
                 if all(t.state.step >= t.total_steps for t in live):  # a pass longer than planned: the rest is not needed
                     break
             for key, batcher in batchers.items():  # the end of the pass: the held batch, then the partial tail
-                tail = batcher.tail(stream.n_chunks)
+                tail = batcher.tail(stream.total_chunks)
                 if held[key] is not None:
                     _step(groups[key], held[key], tail is None, on_batch)
                 if tail is not None:
@@ -217,6 +217,6 @@ def _bar(stream: ActivationStream, start_chunk: int, enabled: bool):
     from tqdm.auto import tqdm
 
     rows = stream.cfg.rows_per_context
-    done = min(stream.n_contexts, start_chunk * stream.chunk_contexts) * rows
-    return tqdm(total=stream.stored_rows, initial=done, unit="tok", unit_scale=True, dynamic_ncols=True, disable=not enabled,
+    done = min(stream.epochs * stream.n_contexts, start_chunk * stream.chunk_contexts) * rows
+    return tqdm(total=stream.epochs * stream.stored_rows, initial=done, unit="tok", unit_scale=True, dynamic_ncols=True, disable=not enabled,
                 desc=f"stream {stream.cfg.hook}")
