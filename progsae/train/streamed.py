@@ -1,4 +1,4 @@
-"""Streamed training: any number of SAEs, at one or more hooks, from one pass of the running model.
+"""Streamed training: any number of SAEs, at one or more hooks, from one stream of the running model.
 
 `train_streamed` reads the train split through one `ActivationStream` (no train activations are
 written) and steps every SAE on every batch of its hook, each with its own optimiser, checkpoint,
@@ -6,11 +6,12 @@ metrics and progress; SAEs of one hook and batch size see the same batches. The 
 (`collect` of `heldout_only(cfg)`) gives the held-out FVU and the outlier rule (its reference split is
 validation, the median of the same documents' distribution as train).
 
-A run trains one pass over the rows `collect` of the same config would store, less the rule's
-outliers. The lr schedule needs the pass's length before it starts, while the outliers are known only
+Each epoch is one pass over the rows `collect` of the same config would store, less the rule's
+outliers, reshuffled. The lr schedule needs the length before it starts, while the outliers are known only
 as they stream: it is planned on the stored rows times the share the rule keeps of the held-out
-reference split (`planned_rows`). A pass shorter than the plan ends on its last (partial) batch; a
-longer one stops at the plan (the provenance records both). Each checkpoint records the stream position after
+reference split (`planned_rows`). A stream shorter than the plan ends on its last (partial) batch; a
+longer one stops at the plan (the provenance records both). Each SAE's wall_time_s counts its own steps
+only (the forward and the other SAEs are the stream's), so training-time ratios stay comparable. Each checkpoint records the stream position after
 its step; a resumed run regenerates the chunk holding the earliest position among its SAEs and every
 SAE continues at its own step, so a kill -9 anywhere ends on the weights of an uninterrupted run.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +60,11 @@ class StreamedTrainer(Trainer):
 
     def _check_data(self) -> None:
         pass  # rows arrive from the stream; its length is checked by train_streamed
+
+    def advance(self, x_BD: torch.Tensor, stop_requested: bool = False, last: bool = False) -> None:
+        """A step whose clock counts only this SAE's own steps: wall_time_s is what it cost, not the shared pass."""
+        self._t_start = time.perf_counter() - (self.state.wall_time_s - self._wall_before)
+        super().advance(x_BD, stop_requested, last)
 
     def _init_sample(self) -> torch.Tensor:
         return self._init_rows()[: self.cfg.init_sample]
