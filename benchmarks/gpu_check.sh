@@ -52,24 +52,27 @@ echo '```' >> "$SUMMARY"; tail -n 8 "$OUT/cuda_tests.log" >> "$SUMMARY"; echo '`
 # ---- 2. training throughput -------------------------------------------------------------------------
 section "2. Training throughput, d 2304, n 65536, k 64, batch 4096 (rows/s, medians of timed steps)"
 timeout 90 $PY - > "$OUT/throughput.log" 2>&1 <<'EOF'
-import statistics, time, torch
+import os, statistics, time, torch
 from progsae.sae import SAEConfig, TopKSAE, TrainContext
 from progsae.train.optimizer import LayoutAdam
 
 d, n, k, B, steps = 2304, 65536, 64, 4096, 10
-if not torch.cuda.is_available():
+dev = torch.device(os.environ["GPU_CHECK_DEVICE"])
+if os.environ["GPU_CHECK_SMALL"] == "1":  # the dry run: toy sizes
+    d, n, k, B, steps = 64, 1024, 8, 256, 3
+elif not torch.cuda.is_available():
     raise SystemExit("no CUDA device: throughput not measured")
-dev = torch.device("cuda")
+sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 torch.manual_seed(0)
 x = torch.randn(B, d, device=dev)
 
 def timed(step, warm=3):
     for _ in range(warm):
         step()
-    torch.cuda.synchronize()
+    sync()
     times = []
     for _ in range(steps):
-        t = time.perf_counter(); step(); torch.cuda.synchronize(); times.append(time.perf_counter() - t)
+        t = time.perf_counter(); step(); sync(); times.append(time.perf_counter() - t)
     return B / statistics.median(times)
 
 def progsae_step(prefixes):
@@ -84,38 +87,48 @@ def progsae_step(prefixes):
         opt.step(); opt.zero_grad(); sae.normalize_decoder()
     return step
 
-rates = {"progsae topk": timed(progsae_step(None)), "progsae matryoshka (3 prefixes)": timed(progsae_step([16384, 32768, 65536]))}
+rates = {"progsae topk": timed(progsae_step(None)), "progsae matryoshka (3 prefixes)": timed(progsae_step([n // 4, n // 2, n]))}
 try:
     import sparsify
-    from sparsify import SparseCoder, SaeConfig
+    from sparsify import SparseCoder
+    try:
+        from sparsify import SparseCoderConfig
+    except ImportError:  # older sparsify
+        from sparsify import SaeConfig as SparseCoderConfig
     try:
         import triton  # noqa: F401  sparsify's fused kernels use it when present
         tri = "with Triton"
     except ImportError:
         tri = "without Triton"
-    sc = SparseCoder(d, SaeConfig(num_latents=n, k=k), device=dev, dtype=torch.float32)
+    sc = SparseCoder(d, SparseCoderConfig(num_latents=n, k=k), device=dev, dtype=torch.float32)
     sopt = torch.optim.Adam(sc.parameters(), lr=1e-4)
-    def sstep():
-        out = sc(x); out.fvu.backward(); sc.remove_gradient_parallel_to_decoder_directions(); sopt.step(); sopt.zero_grad(); sc.set_decoder_norm_to_unit_norm()
+    dead = torch.zeros(n, dtype=torch.bool, device=dev)
+    def sstep():  # the body of sparsify.Trainer.fit for one step (as benchmarks/peers.py runs it)
+        sc.set_decoder_norm_to_unit_norm()
+        out = sc(x=x, y=x, dead_mask=dead)
+        (out.fvu + out.auxk_loss / 32 + out.multi_topk_fvu / 8).backward()
+        sc.remove_gradient_parallel_to_decoder_directions(); sopt.step(); sopt.zero_grad()
     rates[f"sparsify {getattr(sparsify, '__version__', '?')} ({tri})"] = timed(sstep)
 except Exception as e:
     print(f"sparsify: skipped ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
 
 def matmul_rate(dtype, tf32):
     torch.backends.cuda.matmul.allow_tf32 = tf32
+    if dev.type != "cuda" and dtype == torch.bfloat16:
+        dtype = torch.float32  # the dry run: bf16 matmuls are very slow on CPU
     a, b = torch.randn(B, d, device=dev, dtype=dtype), torch.randn(d, n, device=dev, dtype=dtype)
     for _ in range(3):
         a @ b
-    torch.cuda.synchronize(); t = time.perf_counter()
+    sync(); t = time.perf_counter()
     for _ in range(10):
         a @ b
-    torch.cuda.synchronize()
+    sync()
     return 10 * 2 * B * d * n / (time.perf_counter() - t)
 
 flops_per_row = 3 * 2 * d * n  # encoder forward, encoder weight gradient, input gradient (the decode is sparse: O(k d))
 for name, dtype, tf32 in (("bf16", torch.bfloat16, False), ("tf32", torch.float32, True)):
     f = matmul_rate(dtype, tf32)
-    rates[f"matmul bound {name} ({f / 1e12:.0f} TFLOP/s measured)"] = f / flops_per_row
+    rates[f"matmul bound {name} ({f / 1e12:.1f} TFLOP/s measured)"] = f / flops_per_row
 for name, r in rates.items():
     print(f"| {name} | {r:,.0f} rows/s |")
 EOF
