@@ -31,6 +31,12 @@ def add_progress_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
 
 
+def add_overwrite_argument(p: argparse.ArgumentParser, what: str = "--out") -> None:
+    """--overwrite: every verb that writes refuses a target holding another job's output unless given it."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace what {what} holds (only progsae outputs are ever replaced; without it another job's output is refused)")
+
+
 def comma_list(text: str) -> list[str]:
     """`a, b,c` -> ["a", "b", "c"] (empty items dropped)."""
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -81,6 +87,33 @@ def report_outliers(store, splits: tuple[str, ...]) -> None:
             print("progsae: " + describe(store.outliers(split)))
 
 
+def record_given_options(p: argparse.ArgumentParser) -> None:
+    """Make `p` note which options the command line gave: call after its last add_argument, then
+    `given_options(args)` in the verb (a --config file's values yield only to options actually typed)."""
+    defaults = {}
+    for action in p._actions:
+        if action.dest != "help" and action.default is not argparse.SUPPRESS:
+            defaults[action.dest] = action.default
+            action.default = argparse.SUPPRESS  # absent from the namespace unless typed
+    p.set_defaults(option_defaults=defaults)
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The options typed on the command line (see record_given_options); the others get their defaults."""
+    defaults = vars(args).pop("option_defaults", {})
+    given = {dest for dest in defaults if hasattr(args, dest)}
+    for dest, value in defaults.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, value)
+    return given
+
+
+def add_wandb_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wandb", metavar="PROJECT", default=None,
+                   help="also log the training metrics and feature densities to this Weights & Biases project "
+                        "(needs pip install 'progsae[wandb]'; WANDB_MODE=offline writes the run under the SAE folder)")
+
+
 def add_source_arguments(p: argparse.ArgumentParser, model_default: str | None) -> None:
     """Model, hook(s), corpus, held-out sizes, contexts and document split: what `collect` stores and a streamed `train` reads."""
     from progsae.data.collect import STORAGE_DTYPES, CollectConfig
@@ -96,7 +129,9 @@ def add_source_arguments(p: argparse.ArgumentParser, model_default: str | None) 
     p.add_argument("--validation-tokens", type=int, default=None,
                    help="activations of the validation split, which orderings and other data-driven choices read (default: as many as --test-tokens)")
     p.add_argument("--context-length", type=int, default=d.context_length, help=f"tokens per context (default {d.context_length})")
-    p.add_argument("--dtype", default=d.storage_dtype, choices=STORAGE_DTYPES, help="storage dtype of the activations")
+    p.add_argument("--storage-dtype", default=None, choices=STORAGE_DTYPES,
+                   help=f"dtype the activations are stored in (default {d.storage_dtype}; float16 halves the disk use)")
+    p.add_argument("--dtype", dest="old_dtype", default=None, choices=STORAGE_DTYPES, help=argparse.SUPPRESS)  # deprecated: --storage-dtype
     p.add_argument("--first-position", type=int, default=d.first_position,
                    help="first stored position of each context (default 1: leave out BOS / the first token)")
     p.add_argument("--test-fraction", type=float, default=None,
@@ -110,11 +145,20 @@ def add_source_arguments(p: argparse.ArgumentParser, model_default: str | None) 
 
 def source_config(args: argparse.Namespace, *, tokens: int, batch_size: int, seed: int, device: str, **extra):
     """The CollectConfig of the arguments `add_source_arguments` defined (plus the verb's own names for the rest)."""
-    from progsae.data.collect import CollectConfig
+    import sys
 
+    from progsae.data.collect import CollectConfig
+    from progsae.errors import ProgsaeError
+
+    storage_dtype = args.storage_dtype
+    if args.old_dtype is not None:
+        if storage_dtype is not None and storage_dtype != args.old_dtype:
+            raise ProgsaeError(f"--dtype {args.old_dtype} and --storage-dtype {storage_dtype} disagree; give --storage-dtype only")
+        print("progsae: --dtype is deprecated (in Hugging Face it is the model's dtype); it sets --storage-dtype", file=sys.stderr)
+        storage_dtype = args.old_dtype
     return CollectConfig(
         model=args.model, hook=args.hook, corpus=args.corpus, tokens=tokens, test_tokens=args.test_tokens,
-        context_length=args.context_length, batch_size=batch_size, storage_dtype=args.dtype,
+        context_length=args.context_length, batch_size=batch_size, storage_dtype=storage_dtype or CollectConfig().storage_dtype,
         first_position=args.first_position, seed=seed, test_fraction=args.test_fraction,
         validation_tokens=args.validation_tokens, validation_fraction=args.validation_fraction,
         device=device, text_field=args.text_field, dataset_config=args.dataset_config, dataset_split=args.dataset_split, **extra,

@@ -1,4 +1,4 @@
-"""Collect a language model's activations at one hook site into an activation store.
+"""Collect a language model's activations at one or more hook sites into activation stores.
 
 --model smollm2 is the embedded SmolLM2-135M-Instruct (no network); any other value is a Hugging Face
 hub id or a local model folder. --hook is resid_post.L, resid_pre.L, mlp_out.L or attn_out.L (or blocks.L.hook_resid_post, layers.L, resid_post_layer_L);
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from progsae.commands.arguments import add_device_argument, add_progress_argument, add_source_arguments, source_config
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument, add_source_arguments, source_config
 from progsae.data.collect import CollectConfig
 
 
@@ -29,20 +29,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_progress_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="store folder to write (or resume); with several hooks, one store per hook under it")
+    add_overwrite_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from progsae.data.collect import collect
+    from progsae.outputs import claim_folder
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = source_config(args, tokens=args.tokens, batch_size=args.batch_size, seed=args.seed, device=args.device,
                         shard_tokens=args.shard_tokens)
-    collect(cfg, args.out, progress=not args.no_progress)
+    cfg.validate()
     from progsae.data.collect import store_folders
     from progsae.data.outliers import describe
+
+    for folder in store_folders(cfg, args.out).values():
+        claim_folder(folder, "collect", overwrite=args.overwrite, resumable=("activation store",))
+    collect(cfg, args.out, progress=not args.no_progress)
     from progsae.data.store import ActivationStore
 
     for hook, out in store_folders(cfg, args.out).items():

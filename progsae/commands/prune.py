@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from progsae.commands.arguments import add_device_argument
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument
 from progsae.progressive.prune import MODES, PRUNE_ORDERS
 
 
@@ -25,14 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="store split for --acts (default test)")
     p.add_argument("--seed", type=int, default=None, help="seed of --order random (default: the importance file's, else 0)")
     p.add_argument("--out", required=True, help="output SAE folder")
+    add_overwrite_argument(p)
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from progsae.progressive.importance import importance
     from progsae.progressive.prune import prune
+    from progsae.outputs import claim_folder
     from progsae.sae.io import load_sae
 
+    claim_folder(args.out, "prune", overwrite=args.overwrite, inputs=(args.sae, args.importance, args.acts))
     sae = load_sae(args.sae, device=args.device)
     imp = args.importance
     if imp is None and args.acts is not None and args.order in ("ef2", "freq", "mean"):

@@ -2,7 +2,10 @@
 
 --arch topk|batchtopk|relu; --matryoshka 128,256,512 trains a Matryoshka SAE with those nested
 prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each step instead.
-Length: --steps S or --tokens T (default: one epoch of the store's train split). The output folder holds cfg.json + sae.safetensors (load with
+Length: --steps S or --tokens T (default: one epoch of the store's train split).
+--config FILE reads settings from a JSON object of TrainConfig fields (e.g. a trained SAE's cfg.json ->
+provenance.train_config); options typed on the command line override it.
+--wandb PROJECT also logs metrics.jsonl's lines and feature-density histograms to Weights & Biases. The output folder holds cfg.json + sae.safetensors (load with
 progsae.load_sae), metrics.jsonl and, until the run finishes, checkpoint/; after Ctrl-C or a crash, re-run with --resume.
 
 Streamed (no --acts; the options of `collect`): --model M --hook H --corpus C --tokens T trains from the running
@@ -22,13 +25,8 @@ import argparse
 import sys
 
 from progsae.commands.arguments import (
-    add_device_argument,
-    add_outlier_arguments,
-    add_progress_argument,
-    add_source_arguments,
-    float_list,
-    int_list,
-    open_store,
+    add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, add_source_arguments, add_wandb_argument,
+    float_list, given_options, int_list, open_store, record_given_options,
 )
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
@@ -40,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="SAE folder to write")
     add_outlier_arguments(p)
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
-    p.add_argument("--latents", type=int, required=True, help="dictionary size n")
+    p.add_argument("--config", default=None, metavar="FILE", help="JSON of training settings (TrainConfig fields); typed options override it")
+    p.add_argument("--latents", type=int, default=None, help="dictionary size n (required unless --config gives n_latents)")
     p.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
     p.add_argument("--matryoshka", type=int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
     p.add_argument("--matryoshka-weights", type=float_list, default=None, help="per-prefix loss weights (default equal)")
@@ -63,10 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-every", type=int, default=d.log_every, help=f"steps between metrics.jsonl lines (default {d.log_every})")
     add_device_argument(p, d.device)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    add_overwrite_argument(p)
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint/ (optimiser state) after the run finishes; by default it is deleted")
     add_progress_argument(p)
     add_stream_arguments(p)
+    add_wandb_argument(p)
+    record_given_options(p)
 
 
 def add_stream_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +82,53 @@ def add_stream_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-seed", type=int, default=d.seed, help="seed of the document order and split (collect's --seed; default 0)")
     g.add_argument("--saes", default=None, metavar="FILE",
                    help='JSON {"name": {training settings}}: several SAEs from one pass, each in OUT/<name> (a "hook" key picks its hook)')
+
+
+# options whose TrainConfig field has another name; options that are not training settings are ignored
+_FIELD_OF = {"latents": "n_latents", "no_normalize": "normalize_input", "shuffle_buffer_gb": "buffer_bytes"}
+
+
+def read_config_file(path: str) -> dict:
+    """The training settings of a --config JSON file, checked by TrainConfig (unknown keys are refused by name)."""
+    import json
+    from pathlib import Path
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProgsaeError(f"--config {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProgsaeError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ProgsaeError(f"--config {path}: expected a JSON object of training settings")
+    try:
+        TrainConfig.from_dict(raw)
+    except TypeError as e:
+        raise ProgsaeError(f"--config {path}: {e}") from None
+    except ProgsaeError as e:
+        raise ProgsaeError(f"--config {path}: {e}") from None
+    return raw
+
+
+def merged_config(args: argparse.Namespace, given: set[str]) -> TrainConfig:
+    """The --config file's settings (if any) with every typed option laid over them."""
+    settings = read_config_file(args.config) if args.config else {}
+    if {"steps", "tokens"} & given:  # a typed length replaces the file's, whichever of the two it gave
+        settings = {k: v for k, v in settings.items() if k not in ("steps", "tokens")}
+    from_file = {
+        "latents": lambda v: v, "no_normalize": lambda v: not v, "shuffle_buffer_gb": lambda v: v / 2**30,
+    }
+    fields = set(TrainConfig().to_dict())
+    for dest in list(vars(args)):
+        field = _FIELD_OF.get(dest, dest)
+        if dest not in given and field in fields and field in settings:
+            setattr(args, dest, from_file.get(dest, lambda v: v)(settings[field]))
+    if args.latents is None:
+        raise ProgsaeError("give --latents (or --config FILE with n_latents)")
+    cfg = config_from_args(args)
+    options = {_FIELD_OF.get(dest, dest) for dest in vars(args)}
+    rest = {k: v for k, v in settings.items() if k not in options}  # settings without an option, e.g. decay_frac
+    return TrainConfig.from_dict({**cfg.to_dict(), **rest}) if rest else cfg
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -112,20 +161,27 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from progsae.outputs import claim_folder
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
+    if args.resume and args.overwrite:
+        raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
+    cfg = merged_config(args, given_options(args))
+    cfg.validate(require_length=False)  # bad settings are refused before the store is read
     if args.model is not None:
-        return run_streamed(args)
+        return run_streamed(args, cfg)
     if args.acts is None:
         raise ProgsaeError("give --acts STORE (train on a collected store) or --model M (stream from the running model)")
+    claim_folder(args.out, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts, args.config))
     try:
         store = open_store(args, ("train",))
-        if args.steps is None and args.tokens is None:
-            args.tokens = store.num_tokens("train")
-            print(f"progsae train: no --steps or --tokens given: one epoch, {args.tokens} tokens", file=sys.stderr)
-        cfg = config_from_args(args)
-        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.no_progress)
+        if cfg.steps is None and cfg.tokens is None:
+            cfg = replace(cfg, tokens=store.num_tokens("train"))
+            print(f"progsae train: no --steps or --tokens given: one epoch, {cfg.tokens} tokens", file=sys.stderr)
+        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.no_progress, wandb=args.wandb)
     except KeyboardInterrupt:
         print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
         return 130
@@ -171,23 +227,30 @@ def stream_jobs(args: argparse.Namespace, base: TrainConfig, hooks: list[str]) -
     return jobs
 
 
-def run_streamed(args: argparse.Namespace) -> int:
+def run_streamed(args: argparse.Namespace, base: TrainConfig) -> int:
     """Train from the running model: the validation/test store first, then every SAE from one pass."""
     from pathlib import Path
 
     from progsae.commands.arguments import source_config
+    from progsae.data.collect import store_folders
+    from progsae.outputs import claim_folder
     from progsae.train.metrics import read_metrics
     from progsae.train.streamed import stream_train
 
-    if args.steps is not None or args.tokens is None:
+    if base.steps is not None or base.tokens is None:
         raise ProgsaeError("a streamed run is one pass over --tokens rows (as `collect --tokens` would store); give --tokens, not --steps")
+    if args.wandb:
+        raise ProgsaeError("--wandb is not supported for streamed runs yet; train from a store (--acts) to log to Weights & Biases")
     if not args.keep_outliers and not args.outlier_factor > 1:
         raise ProgsaeError(f"--outlier-factor must exceed 1 (rows above factor x the median norm are dropped), got {args.outlier_factor}")
-    data = source_config(args, tokens=args.tokens, batch_size=args.forward_batch, seed=args.data_seed, device=args.device)
+    data = source_config(args, tokens=base.tokens, batch_size=args.forward_batch, seed=args.data_seed, device=args.device)
     data.validate()
-    base = config_from_args(args)
     jobs = stream_jobs(args, base, data.hooks)
     acts = Path(args.acts) if args.acts else Path(args.out) / "acts"
+    for job in jobs:  # each SAE folder and each held-out store is its own claim (OUT itself may hold several)
+        claim_folder(job.out_dir, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.config,))
+    for folder in store_folders(data, acts).values():
+        claim_folder(folder, "collect", overwrite=args.overwrite, resumable=("activation store",))
     try:
         saes = stream_train(data, jobs, acts, outlier_factor=None if args.keep_outliers else args.outlier_factor,
                             buffer_bytes=base.buffer_bytes, seed=base.seed, resume=args.resume, progress=not args.no_progress)

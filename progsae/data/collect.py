@@ -227,6 +227,7 @@ ProgressFn = Callable[[str, int, int], None]  # (split, contexts stored or queue
 def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bool = True, on_batch: ProgressFn | None = None) -> Path:
     """Fill (or finish) the store at `out` (one per hook under `out/` for several hooks) with the train,
     validation and test rows cfg asks for."""
+    typed_hooks = [h.strip() for h in cfg.hook.split(",")] if cfg.hook else []
     cfg.validate()
     out = Path(out)
     folders = store_folders(cfg, out)
@@ -238,6 +239,9 @@ def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bo
     probe = torch.tensor([[tokenizer.bos_token_id or 0, tokenizer.eos_token_id or 0]], device=cfg.device)
     widths = {name: int(a.shape[-1]) for name, a in capture_many(model, sites, probe).items()}
     metas = {h: store_meta(cfg.for_hook(h), widths[h], sites[0].n_layers, tokenizer) for h in cfg.hooks}
+    for typed, hook in zip(typed_hooks, cfg.hooks):
+        if typed != hook:  # another tool's name of the site ('blocks.3.hook_resid_post'): kept as provenance
+            metas[hook]["hook_as_typed"] = typed
     for folder in folders.values():
         for stale in folder.glob(".*.safetensors.*"):  # half-written shard of a killed run (atomic writes leave only these)
             stale.unlink()
