@@ -112,6 +112,10 @@ class StudyConfig:
             self.data.validate()
         except ProgsaeError as e:
             raise ProgsaeError(f"{source}: data: {e}") from None
+        if len(self.data.hooks) != 1:
+            raise ProgsaeError(f"{source}: data.hook: a study reads one hook site, got {self.data.hook}")
+        if self.data.stream and (self.train.epochs != int(self.train.epochs) or self.train.epochs < 1):
+            raise ProgsaeError(f"{source}: with data.stream, train.epochs counts passes of the model over the corpus: a whole number, got {self.train.epochs:g}")
         g = self.train.granularities
         if not g or any(b <= a for a, b in zip(g, g[1:])):
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
