@@ -13,8 +13,9 @@ from typing import Any
 from progsae.data.collect import CollectConfig
 from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR
 from progsae.errors import ProgsaeError
+from progsae.validation import from_json_dict, read_json_object
 
-PRESETS = ("embedded", "quick", "paper")
+PRESETS = ("embedded", "quick", "quick-k", "paper")
 
 
 @dataclass
@@ -33,6 +34,9 @@ class TrainStudyConfig:
     seeds: list[int] | None = None  # every SAE is trained once per seed; None: [seed]
     size_matched_baselines: bool = True
     shuffle_buffer_gb: float = 1.0  # batches mix the shards that fit in this much RAM (raise it for large d_model)
+    # sparsity levels (last = k): adds a hierarchical SAE and a Matryoshka x hierarchical one, k-matched vanilla
+    # SAEs at the other levels, and the (G, k') grid stage (progsae/study/k_grid.py); None: none of these
+    k_levels: list[int] | None = None
 
 
 @dataclass
@@ -76,6 +80,8 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         del d["data"]["device"]  # the top-level device is the one that applies
+        if d["train"]["k_levels"] is None:  # unset, it leaves the stage keys of runs made before it existed unchanged
+            del d["train"]["k_levels"]
         return d
 
     def section_hash(self, *sections: str) -> str:
@@ -87,21 +93,17 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "StudyConfig":
         def build(kind, values, where):
-            if not isinstance(values, dict):
-                raise ProgsaeError(f"{source}: section '{where}' must be an object")
-            names = {f.name for f in dataclasses.fields(kind)}
-            unknown = sorted(set(values) - names)
-            if unknown:
-                raise ProgsaeError(f"{source}: unknown keys {unknown} in '{where}' (known: {sorted(names)})")
-            return kind(**values)
+            return from_json_dict(kind, values, source, where)
 
+        if not isinstance(d, dict):
+            raise ProgsaeError(f"{source}: a study config is a JSON object, got {type(d).__name__}")
         d = dict(d)
-        if "device" in d.get("data", {}):
+        if isinstance(d.get("data"), dict) and "device" in d["data"]:
             raise ProgsaeError(f"{source}: set 'device' at the top level, where it applies to every stage, not in 'data'")
         parts = {"data": CollectConfig, "train": TrainStudyConfig, "eval": EvalConfig}
         for key, kind in parts.items():
             d[key] = build(kind, d.get(key, {}), key)
-        cfg = build(cls, d, "top level")
+        cfg = build(cls, d, "")
         cfg.validate(source)
         return cfg
 
@@ -110,6 +112,10 @@ class StudyConfig:
             self.data.validate()
         except ProgsaeError as e:
             raise ProgsaeError(f"{source}: data: {e}") from None
+        if len(self.data.hooks) != 1:
+            raise ProgsaeError(f"{source}: data.hook: a study reads one hook site, got {self.data.hook}")
+        if self.data.stream and (self.train.epochs != int(self.train.epochs) or self.train.epochs < 1):
+            raise ProgsaeError(f"{source}: with data.stream, train.epochs counts passes of the model over the corpus: a whole number, got {self.train.epochs:g}")
         g = self.train.granularities
         if not g or any(b <= a for a, b in zip(g, g[1:])):
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
@@ -125,6 +131,11 @@ class StudyConfig:
             raise ProgsaeError(f"{source}: eval.bootstrap_replicates must be at least 100, got {self.eval.bootstrap_replicates}")
         if self.train.k > g[0]:
             raise ProgsaeError(f"{source}: train.k={self.train.k} exceeds the smallest granularity {g[0]}")
+        levels = self.train.k_levels
+        if levels is not None and (not isinstance(levels, list) or not levels or levels[-1] != self.train.k
+                                   or not all(isinstance(j, int) and not isinstance(j, bool) and j > 0 for j in levels)
+                                   or any(b <= a for a, b in zip(levels, levels[1:]))):
+            raise ProgsaeError(f"{source}: train.k_levels must strictly increase from a positive level to train.k={self.train.k}, got {levels!r}")
         from progsae.evals.runner import METRICS
 
         e = self.eval
@@ -145,10 +156,6 @@ def preset_path(name: str) -> Path:
 def load_study_config(path: str | Path | None = None, preset: str | None = None) -> StudyConfig:
     """A study config from a JSON file, else from a named preset (default: embedded)."""
     p = Path(path) if path else preset_path(preset or "embedded")
-    try:
-        raw = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ProgsaeError(f"{p}: no such config file") from None
-    except json.JSONDecodeError as e:
-        raise ProgsaeError(f"{p}: not valid JSON ({e})") from None
-    return StudyConfig.from_dict(raw, source=str(p))
+    if not p.exists():
+        raise ProgsaeError(f"{p}: no such config file")
+    return StudyConfig.from_dict(read_json_object(p, "study config"), source=str(p))

@@ -31,6 +31,8 @@ class TrainConfig:
     heldout_rows  validation rows whose FVU is logged as heldout_fvu (0, or a store without a
                   validation split: not logged); it tells whether training has levelled off.
     heldout_every steps between held-out FVU logs; default steps // 20, so 20 points and the last step.
+    k_levels      sparsity levels j_1 < ... < j_L = k of the hierarchical (multi-k) objective: the loss averages
+                  ||x - x_hat_j||^2, x_hat_j decoding only the j largest activations (docs/method.md).
     """
 
     arch: str = "topk"
@@ -39,6 +41,8 @@ class TrainConfig:
     matryoshka: list[int] | None = None  # fixed nested prefix sizes, last == n_latents
     matryoshka_weights: list[float] | None = None  # per prefix; default equal
     matryoshka_random: int | None = None  # number of random prefixes sampled each step
+    k_levels: list[int] | None = None  # hierarchical objective's sparsity levels, last == k
+    k_level_weights: list[float] | None = None  # per level; default equal
     steps: int | None = None
     tokens: int | None = None
     batch_size: int = 4096
@@ -81,8 +85,10 @@ class TrainConfig:
             d["adam_betas"] = tuple(d["adam_betas"])
         return cls(**d)
 
-    def validate(self) -> None:
-        """Refuse settings that cannot train, with one line naming the setting."""
+    def validate(self, require_length: bool = True) -> None:
+        """Refuse settings that cannot train, with one line naming the setting.
+
+        require_length=False checks everything but the run length (which may come from the store)."""
         from progsae.device import resolve_device
 
         resolve_device(self.device)
@@ -95,7 +101,7 @@ class TrainConfig:
                 raise ProgsaeError("Matryoshka training needs --arch topk or batchtopk, not relu")
         elif self.k is None or not 0 < self.k <= self.n_latents:
             raise ProgsaeError(f"--k must be in 1..{self.n_latents} for {self.arch}, got {self.k}")
-        if (self.steps is None) == (self.tokens is None):
+        if (self.steps is None) == (self.tokens is None) and (require_length or self.steps is not None):
             raise ProgsaeError("give exactly one of --steps or --tokens")
         if (self.steps is not None and self.steps <= 0) or (self.tokens is not None and self.tokens <= 0):
             raise ProgsaeError("--steps / --tokens must be positive")
@@ -113,10 +119,20 @@ class TrainConfig:
                 raise ProgsaeError(
                     f"{len(self.matryoshka_weights)} Matryoshka weights for {len(self.matryoshka)} prefixes"
                 )
+            w = self.matryoshka_weights
+            if w is not None and (not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0):
+                raise ProgsaeError(f"--matryoshka-weights must be non-negative numbers, not all zero, got {list(w)}")
         elif self.matryoshka_weights is not None:
             raise ProgsaeError("Matryoshka weights given without --matryoshka prefixes")
+        if self.k_aux is not None and self.k_aux <= 0:
+            raise ProgsaeError(f"--k-aux must be a positive number of latents, got {self.k_aux}")
+        if not self.aux_coef >= 0 or (self.l1_coef is not None and not self.l1_coef >= 0):
+            raise ProgsaeError(f"--aux-coef and --l1-coef must be non-negative, got {self.aux_coef} and {self.l1_coef}")
+        if (self.dead_window is not None and self.dead_window <= 0) or (self.warmup_steps is not None and self.warmup_steps < 0):
+            raise ProgsaeError(f"--dead-window must be positive and --warmup-steps non-negative, got {self.dead_window} and {self.warmup_steps}")
         if self.matryoshka_random is not None and not 1 <= self.matryoshka_random <= self.n_latents:
             raise ProgsaeError(f"--matryoshka-random must be in 1..{self.n_latents}, got {self.matryoshka_random}")
+        self._validate_k_levels()
         if self.lr is not None and not self.lr > 0:
             raise ProgsaeError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.decay_frac <= 1:
@@ -127,6 +143,24 @@ class TrainConfig:
             raise ProgsaeError("heldout_rows must be >= 0 and heldout_every positive")
         if self.dtype != "float32":
             raise ProgsaeError(f"only float32 training is supported, got dtype={self.dtype}")
+
+    def _validate_k_levels(self) -> None:
+        if self.k_levels is None:
+            if self.k_level_weights is not None:
+                raise ProgsaeError("--k-level-weights given without --k-levels")
+            return
+        if self.arch == "relu":
+            raise ProgsaeError("--k-levels needs --arch topk or batchtopk, not relu")
+        levels = list(self.k_levels)
+        if not levels or any(int(j) <= 0 for j in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
+            raise ProgsaeError(f"--k-levels must be positive and strictly increasing, got {levels}")
+        if levels[-1] != self.k:
+            raise ProgsaeError(f"the last of --k-levels must equal --k {self.k}, got {levels}")
+        if self.k_level_weights is not None:
+            if len(self.k_level_weights) != len(levels):
+                raise ProgsaeError(f"{len(self.k_level_weights)} --k-level-weights for {len(levels)} --k-levels")
+            if any(w < 0 for w in self.k_level_weights) or not sum(self.k_level_weights) > 0:
+                raise ProgsaeError(f"--k-level-weights must be non-negative with a positive sum, got {self.k_level_weights}")
 
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else math.ceil(self.tokens / self.batch_size)
