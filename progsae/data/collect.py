@@ -85,6 +85,7 @@ class CollectConfig:
     def validate(self) -> None:
         from progsae.device import resolve_device
 
+        self.__dict__.setdefault("typed_hook", self.hook)  # not a field: the first validate() keeps what was typed, for meta.json
         hooks = [to_progsae_hook(h) for h in self.hooks]  # stores record progsae's name of a site, whatever name was typed
         if not hooks:
             raise ProgsaeError("give at least one hook site (e.g. resid_post.14)")
@@ -227,8 +228,9 @@ ProgressFn = Callable[[str, int, int], None]  # (split, contexts stored or queue
 def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bool = True, on_batch: ProgressFn | None = None) -> Path:
     """Fill (or finish) the store at `out` (one per hook under `out/` for several hooks) with the train,
     validation and test rows cfg asks for."""
-    typed_hooks = [h.strip() for h in cfg.hook.split(",")] if cfg.hook else []
     cfg.validate()
+    typed = getattr(cfg, "typed_hook", None) or ""
+    typed_hooks = [h.strip() for h in typed.split(",") if h.strip()]
     out = Path(out)
     folders = store_folders(cfg, out)
     for hook, folder in folders.items():
