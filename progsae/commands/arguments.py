@@ -89,23 +89,27 @@ def report_outliers(store, splits: tuple[str, ...]) -> None:
 
 def record_given_options(p: argparse.ArgumentParser) -> None:
     """Make `p` note which options the command line gave: call after its last add_argument, then
-    `given_options(args)` in the verb (a --config file's values yield only to options actually typed)."""
-    defaults = {}
+    `given_options(args)` in the verb (a --config file's values yield only to options actually typed).
+    Every option keeps its default in the namespace; typing one also adds its dest to `args.typed_options`."""
     for action in p._actions:
-        if action.dest != "help" and action.default is not argparse.SUPPRESS:
-            defaults[action.dest] = action.default
-            action.default = argparse.SUPPRESS  # absent from the namespace unless typed
-    p.set_defaults(option_defaults=defaults)
+        if action.dest != "help" and not getattr(type(action), "records_typing", False):
+            action.__class__ = _recording(type(action))
+
+
+def _recording(cls: type) -> type:
+    class Recording(cls):  # type: ignore[misc, valid-type]
+        records_typing = True
+
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            namespace.__dict__.setdefault("typed_options", set()).add(self.dest)
+
+    return Recording
 
 
 def given_options(args: argparse.Namespace) -> set[str]:
-    """The options typed on the command line (see record_given_options); the others get their defaults."""
-    defaults = vars(args).pop("option_defaults", {})
-    given = {dest for dest in defaults if hasattr(args, dest)}
-    for dest, value in defaults.items():
-        if not hasattr(args, dest):
-            setattr(args, dest, value)
-    return given
+    """The options typed on the command line (see record_given_options)."""
+    return set(vars(args).pop("typed_options", set()))
 
 
 def add_wandb_argument(p: argparse.ArgumentParser) -> None:

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
-    given = given_options(args)  # first: until then the untyped options are absent from args
+    given = given_options(args)  # the options typed on the command line: they override --config
     if args.resume and args.overwrite:
         raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
     cfg = merged_config(args, given)
