@@ -273,6 +273,12 @@ CASES: list[tuple[str, Argv, str]] = [
     ("inf in the test split read by eval --keep-outliers", lambda w, t: ["eval", w.sae, "--acts", store_with_shard(w, t, "test", nan_row(11, float("inf"))),
                                                                          "--metrics", "recon", "--keep-outliers", "--out", t / "r.json"],
      "row 11 holds NaN or inf"),
+    ("eval --max-tokens -1", lambda w, t: ["eval", w.sae, "--acts", w.store, "--metrics", "recon", "--max-tokens", "-1", "--out", t / "r.json"],
+     "--max-tokens must be positive"),
+    ("eval --rsa-tokens 0", lambda w, t: ["eval", w.sae, "--acts", w.store, "--metrics", "rsa", "--rsa-tokens", "0", "--out", t / "r.json"],
+     "--rsa-tokens must be positive"),
+    ("eval --bands 5-2", lambda w, t: ["eval", w.sae, "--acts", w.store, "--metrics", "interp", "--bands", "5-2", "--out", t / "r.json"],
+     "--bands must be LO-HI ranges"),
     ("eval shard header length past the end", lambda w, t: ["eval", w.sae, "--acts", store_with_shard(w, t, "test", overflowing_header),
                                                             "--metrics", "recon", "--out", t / "r.json"], "corrupt safetensors header"),
     # importance
@@ -284,6 +290,8 @@ CASES: list[tuple[str, Argv, str]] = [
                                                            "--figure", a_file(t, "fig.png")], "already exists; choose another --figure"),
     ("importance --out inside the SAE over cfg.json", lambda w, t: ["importance", copy(w.sae, t / "s"), "--acts", w.store,
                                                                     "--out", t / "s" / "cfg.json", "--overwrite"], "would replace a part of the input"),
+    ("importance --fit-range 0.9 0.1", lambda w, t: ["importance", w.sae, "--acts", w.store, "--fit-range", "0.9", "0.1", "--out", t / "i.json"],
+     "--fit-range must be two fractions"),
     ("importance --bootstrap -1", lambda w, t: ["importance", w.sae, "--acts", w.store, "--bootstrap", "-1", "--out", t / "i.json"],
      "--bootstrap must be 0 or more"),
     # reproduce
