@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=8192, help="stored activations per run")
     p.add_argument("--context-length", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--dtype", default="float32", choices=("float32", "float16"))
+    p.add_argument("--storage-dtype", default="float32", choices=("float32", "float16"))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -76,7 +76,7 @@ def main() -> None:
     model, tokenizer = load_model(args.model)
     site = resolve_hook(model, args.hook)
     cfg = CollectConfig(model=args.model, hook=args.hook, corpus=args.corpus, tokens=args.tokens, test_tokens=0,
-                        context_length=args.context_length, batch_size=args.batch_size, storage_dtype=args.dtype)
+                        context_length=args.context_length, batch_size=args.batch_size, storage_dtype=args.storage_dtype)
     n_ctx = cfg.contexts_for("train")
     contexts = list(itertools.islice(iter_contexts(args.corpus, tokenizer, "train", args.context_length, seed=cfg.seed,
                                                    test_fraction=cfg.resolved_test_fraction()), n_ctx))

@@ -18,10 +18,12 @@ VERBS: dict[str, str] = {
     "collect": "collect activations from a language model into a store",
     "importance": "measure latent importance and fit its power law",
     "prune": "sort an SAE by importance and prune it to any size",
+    "sort": "sort an SAE's latents by importance into a full-size SAE",
     "eval": "evaluate SAEs at any sizes",
     "reproduce": "run the whole study and write the report",
     "import": "import an SAE trained by another library",
     "export": "export a progsae SAE to another library's format",
+    "info": "describe an SAE folder or an activation store",
 }
 
 

@@ -104,8 +104,8 @@ def test_float16_storage(tmp_path, tiny_gpt2, loaded, corpus_file):
     assert_store_matches_forward(store, model, "resid_post.1", tol=1e-2)
 
 
-def _store_files(path):
-    return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
+def _store_files(path, skip_meta: bool = False):
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if not (skip_meta and p.name == "meta.json")}
 
 
 @pytest.mark.parametrize("stop_at", [3, 5])  # mid-shard (shards hold 4 contexts) and right after the train split's last batch
@@ -156,3 +156,22 @@ def test_cli_collect_and_its_one_line_errors(tmp_path, tiny_gpt_neox, loaded, co
         err = capsys.readouterr().err.strip()
         assert "Traceback" not in err and err.count("progsae collect: error:") == 1
         assert needle in err.splitlines()[-1]
+
+
+def test_cli_collect_with_another_tools_hook_name_and_storage_dtype(tmp_path, tiny_llama, corpus_file, capsys):
+    """`--hook blocks.1.hook_resid_post` and `--hook layers.1` store what `--hook resid_post.1` stores; the typed name is kept."""
+    args = ["collect", "--model", str(tiny_llama), "--corpus", str(corpus_file), "--tokens", "120", "--test-tokens", "30",
+            "--context-length", "16", "--batch-size", "4", "--no-progress"]
+    assert cli_main(args + ["--hook", "resid_post.1", "--storage-dtype", "float16", "--out", str(tmp_path / "ours")]) == 0
+    for i, alias in enumerate(["blocks.1.hook_resid_post", "layers.1"]):
+        assert cli_main(args + ["--hook", alias, "--storage-dtype", "float16", "--out", str(tmp_path / f"alias{i}")]) == 0
+        meta = json.loads((tmp_path / f"alias{i}" / "meta.json").read_text())
+        assert meta["hook"] == "resid_post.1" and meta["hook_as_typed"] == alias
+        assert _store_files(tmp_path / f"alias{i}", skip_meta=True) == _store_files(tmp_path / "ours", skip_meta=True)
+    assert "hook_as_typed" not in json.loads((tmp_path / "ours" / "meta.json").read_text())
+    assert ActivationStore(tmp_path / "ours").meta["collect"]["storage_dtype"] == "float16"
+    capsys.readouterr()
+    assert cli_main(args + ["--hook", "resid_post.1", "--dtype", "float16", "--out", str(tmp_path / "old")]) == 0  # the deprecated spelling still works
+    assert "--dtype is deprecated" in capsys.readouterr().err
+    assert ActivationStore(tmp_path / "old").meta["collect"]["storage_dtype"] == "float16"
+    assert cli_main(args + ["--hook", "resid_post.1", "--dtype", "float16", "--storage-dtype", "float32", "--out", str(tmp_path / "both")]) == 2

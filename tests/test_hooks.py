@@ -147,6 +147,19 @@ def test_other_tools_names_resolve_to_the_same_site(tiny_models, alias, ours):
     assert cfg.hook == ours  # the store records progsae's name
 
 
+@pytest.mark.parametrize("arch, alias, ours", [
+    ("gpt2", "transformer.h.1", "resid_post.1"),         # GPT-2 module path
+    ("gpt2", "transformer.h.0.mlp", "mlp_out.0"),
+    ("gpt_neox", "gpt_neox.layers.1", "resid_post.1"),   # GPT-NeoX / Pythia module path
+    ("gpt_neox", "blocks.1.hook_resid_pre", "resid_pre.1"),
+    ("llama", "blocks.1.hook_attn_out", "attn_out.1"),
+])
+def test_gpt2_and_neox_module_paths_and_every_transformerlens_site(tiny_models, arch, alias, ours):
+    model = tiny_models[arch]
+    ids = _ids(model.config.vocab_size)
+    assert torch.equal(capture(model, resolve_hook(model, alias), ids), capture(model, resolve_hook(model, ours), ids))
+
+
 def test_layer_out_of_range_names_the_valid_range(tiny_models):
     with pytest.raises(ProgsaeError) as e:
         resolve_hook(tiny_models["gpt_neox"], f"mlp_out.{TINY_LAYERS}")

@@ -8,7 +8,7 @@ import torch
 from progsae.cli import main
 from progsae.data.store import ActivationStore, StoreWriter
 from progsae.evals.common import Variant
-from progsae.evals.lm_loss import keep_first
+from progsae.splice import keep_first
 from progsae.evals.reconstruction import evaluate_reconstruction
 from progsae.progressive.importance import importance
 from progsae.sae import SAEConfig, TopKSAE

@@ -95,3 +95,30 @@ def report_outliers(store, splits: tuple[str, ...]) -> None:
     for split in splits:
         if store.has_split(split):
             print("progsae: " + describe(store.outliers(split)))
+
+
+def record_given_options(p: argparse.ArgumentParser) -> None:
+    """Make `p` note which options the command line gave: call after its last add_argument, then
+    `given_options(args)` in the verb (a --config file's values yield only to options actually typed)."""
+    defaults = {}
+    for action in p._actions:
+        if action.dest != "help" and action.default is not argparse.SUPPRESS:
+            defaults[action.dest] = action.default
+            action.default = argparse.SUPPRESS  # absent from the namespace unless typed
+    p.set_defaults(option_defaults=defaults)
+
+
+def given_options(args: argparse.Namespace) -> set[str]:
+    """The options typed on the command line (see record_given_options); the others get their defaults."""
+    defaults = vars(args).pop("option_defaults", {})
+    given = {dest for dest in defaults if hasattr(args, dest)}
+    for dest, value in defaults.items():
+        if not hasattr(args, dest):
+            setattr(args, dest, value)
+    return given
+
+
+def add_wandb_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wandb", metavar="PROJECT", default=None,
+                   help="also log the training metrics and feature densities to this Weights & Biases project "
+                        "(needs pip install 'progsae[wandb]'; WANDB_MODE=offline writes the run under the SAE folder)")

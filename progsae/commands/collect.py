@@ -12,9 +12,11 @@ Example: progsae collect --model smollm2 --hook resid_post.14 --corpus embedded 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument
 from progsae.data.collect import STORAGE_DTYPES, CollectConfig
+from progsae.errors import ProgsaeError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="activations of the validation split, which orderings and other data-driven choices read (default: as many as --test-tokens)")
     p.add_argument("--context-length", type=int, default=d.context_length, help=f"tokens per context (default {d.context_length})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"contexts per forward (default {d.batch_size})")
-    p.add_argument("--dtype", default=d.storage_dtype, choices=STORAGE_DTYPES, help="storage dtype of the activations")
+    p.add_argument("--storage-dtype", default=None, choices=STORAGE_DTYPES,
+                   help=f"dtype the activations are stored in (default {d.storage_dtype}; float16 halves the disk use)")
+    p.add_argument("--dtype", dest="old_dtype", default=None, choices=STORAGE_DTYPES, help=argparse.SUPPRESS)  # deprecated: --storage-dtype
     p.add_argument("--first-position", type=int, default=d.first_position,
                    help="first stored position of each context (default 1: leave out BOS / the first token)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the document order and train/test split")
@@ -56,9 +60,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    storage_dtype = args.storage_dtype
+    if args.old_dtype is not None:
+        if storage_dtype is not None and storage_dtype != args.old_dtype:
+            raise ProgsaeError(f"--dtype {args.old_dtype} and --storage-dtype {storage_dtype} disagree; give --storage-dtype only")
+        print("progsae collect: --dtype is deprecated (in Hugging Face it is the model's dtype); it sets --storage-dtype", file=sys.stderr)
+        storage_dtype = args.old_dtype
     cfg = CollectConfig(
         model=args.model, hook=args.hook, corpus=args.corpus, tokens=args.tokens, test_tokens=args.test_tokens,
-        context_length=args.context_length, batch_size=args.batch_size, storage_dtype=args.dtype,
+        context_length=args.context_length, batch_size=args.batch_size, storage_dtype=storage_dtype or CollectConfig().storage_dtype,
         first_position=args.first_position, seed=args.seed, test_fraction=args.test_fraction,
         validation_tokens=args.validation_tokens, validation_fraction=args.validation_fraction,
         shard_tokens=args.shard_tokens, device=args.device, text_field=args.text_field,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument, add_wandb_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. collect, then train with torchrun)")
     add_device_argument(p, None)
     add_progress_argument(p)
+    add_wandb_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(cfg.device)  # checked here, not when the config loads: the paper preset names cuda
     out = claim_folder(args.out, "reproduce", overwrite=args.overwrite, resumable=("study run",), inputs=(args.config,))
     atomic_write_json(out / "config.json", cfg.to_dict())
-    ctx = RunContext(cfg, out, progress=not args.no_progress)
+    ctx = RunContext(cfg, out, progress=not args.no_progress, wandb=args.wandb)
     stages = STAGES[: names.index(args.until) + 1] if args.until else STAGES
     run_stages(stages, ctx, force=set(args.force) & {s.name for s in stages})
     if args.until and args.until != names[-1]:

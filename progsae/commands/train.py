@@ -2,7 +2,10 @@
 
 --arch topk|batchtopk|relu; --matryoshka 128,256,512 trains a Matryoshka SAE with those nested
 prefixes (last = --latents), --matryoshka-random N samples N prefix lengths each step instead.
-Length: --steps S or --tokens T (default: one epoch of the store's train split). The output folder holds cfg.json + sae.safetensors (load with
+Length: --steps S or --tokens T (default: one epoch of the store's train split).
+--config FILE reads settings from a JSON object of TrainConfig fields (e.g. a trained SAE's cfg.json ->
+provenance.train_config); options typed on the command line override it.
+--wandb PROJECT also logs metrics.jsonl's lines and feature-density histograms to Weights & Biases. The output folder holds cfg.json + sae.safetensors (load with
 progsae.load_sae), metrics.jsonl and, until the run finishes, checkpoint/; after Ctrl-C or a crash, re-run with --resume.
 
 Example (the recipe that recovers `progsae synth` features):
@@ -15,8 +18,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from progsae.commands.arguments import (add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, float_list,
-                                        int_list, open_store)
+from progsae.commands.arguments import (
+    add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, add_wandb_argument, float_list,
+    given_options, int_list, open_store, record_given_options,
+)
 from progsae.errors import ProgsaeError
 from progsae.train.config import ARCHITECTURES, TrainConfig
 
@@ -27,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="SAE folder to write")
     add_outlier_arguments(p)
     p.add_argument("--arch", choices=ARCHITECTURES, default=d.arch)
-    p.add_argument("--latents", type=int, required=True, help="dictionary size n")
+    p.add_argument("--config", default=None, metavar="FILE", help="JSON of training settings (TrainConfig fields); typed options override it")
+    p.add_argument("--latents", type=int, default=None, help="dictionary size n (required unless --config gives n_latents)")
     p.add_argument("--k", type=int, default=None, help="active latents per token (topk, batchtopk)")
     p.add_argument("--matryoshka", type=int_list, default=None, help="nested prefix sizes, e.g. 128,256,512")
     p.add_argument("--matryoshka-weights", type=float_list, default=None, help="per-prefix loss weights (default equal)")
@@ -54,6 +60,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-checkpoint", action="store_true",
                    help="keep checkpoint/ (optimiser state) after the run finishes; by default it is deleted")
     add_progress_argument(p)
+    add_wandb_argument(p)
+    record_given_options(p)
+
+
+# options whose TrainConfig field has another name; options that are not training settings are ignored
+_FIELD_OF = {"latents": "n_latents", "no_normalize": "normalize_input", "shuffle_buffer_gb": "buffer_bytes"}
+
+
+def read_config_file(path: str) -> dict:
+    """The training settings of a --config JSON file, checked by TrainConfig (unknown keys are refused by name)."""
+    import json
+    from pathlib import Path
+
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ProgsaeError(f"--config {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProgsaeError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ProgsaeError(f"--config {path}: expected a JSON object of training settings")
+    try:
+        TrainConfig.from_dict(raw)
+    except TypeError as e:
+        raise ProgsaeError(f"--config {path}: {e}") from None
+    except ProgsaeError as e:
+        raise ProgsaeError(f"--config {path}: {e}") from None
+    return raw
+
+
+def merged_config(args: argparse.Namespace, given: set[str]) -> TrainConfig:
+    """The --config file's settings (if any) with every typed option laid over them."""
+    settings = read_config_file(args.config) if args.config else {}
+    if {"steps", "tokens"} & given:  # a typed length replaces the file's, whichever of the two it gave
+        settings = {k: v for k, v in settings.items() if k not in ("steps", "tokens")}
+    from_file = {
+        "latents": lambda v: v, "no_normalize": lambda v: not v, "shuffle_buffer_gb": lambda v: v / 2**30,
+    }
+    fields = set(TrainConfig().to_dict())
+    for dest in list(vars(args)):
+        field = _FIELD_OF.get(dest, dest)
+        if dest not in given and field in fields and field in settings:
+            setattr(args, dest, from_file.get(dest, lambda v: v)(settings[field]))
+    if args.latents is None:
+        raise ProgsaeError("give --latents (or --config FILE with n_latents)")
+    cfg = config_from_args(args)
+    options = {_FIELD_OF.get(dest, dest) for dest in vars(args)}
+    rest = {k: v for k, v in settings.items() if k not in options}  # settings without an option, e.g. decay_frac
+    return TrainConfig.from_dict({**cfg.to_dict(), **rest}) if rest else cfg
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -86,21 +141,23 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from progsae.outputs import claim_folder
     from progsae.train import train_sae
     from progsae.train.metrics import read_metrics
 
     if args.resume and args.overwrite:
         raise ProgsaeError("give --resume (continue the run in --out) or --overwrite (replace it), not both")
-    config_from_args(args).validate(require_length=False)  # bad settings are refused before the store is read
-    claim_folder(args.out, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts,))
+    cfg = merged_config(args, given_options(args))
+    cfg.validate(require_length=False)  # bad settings are refused before the store is read
+    claim_folder(args.out, "train", overwrite=args.overwrite, resumable=("training run",), inputs=(args.acts, args.config))
     try:
         store = open_store(args, ("train",))
-        if args.steps is None and args.tokens is None:
-            args.tokens = store.num_tokens("train")
-            print(f"progsae train: no --steps or --tokens given: one epoch, {args.tokens} tokens", file=sys.stderr)
-        cfg = config_from_args(args)
-        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.no_progress)
+        if cfg.steps is None and cfg.tokens is None:
+            cfg = replace(cfg, tokens=store.num_tokens("train"))
+            print(f"progsae train: no --steps or --tokens given: one epoch, {cfg.tokens} tokens", file=sys.stderr)
+        sae = train_sae(store, args.out, cfg, resume=args.resume, progress=not args.no_progress, wandb=args.wandb)
     except KeyboardInterrupt:
         print(f"progsae train: interrupted; the last step is checkpointed in {args.out}, add --resume to continue", file=sys.stderr)
         return 130

@@ -156,6 +156,7 @@ ProgressFn = Callable[[str, int, int], None]  # (split, contexts stored or queue
 
 def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bool = True, on_batch: ProgressFn | None = None) -> Path:
     """Fill (or finish) the store at `out` with the train, validation and test rows cfg asks for."""
+    typed_hook = cfg.hook.strip() if cfg.hook else cfg.hook
     cfg.validate()
     out = Path(out)
     check_resumable(out, cfg)
@@ -165,6 +166,8 @@ def collect(cfg: CollectConfig, out, *, model=None, tokenizer=None, progress: bo
     probe = torch.tensor([[tokenizer.bos_token_id or 0, tokenizer.eos_token_id or 0]], device=cfg.device)
     d_model = int(capture(model, site, probe).shape[-1])
     meta = store_meta(cfg, d_model, site.n_layers, tokenizer)
+    if typed_hook != cfg.hook:  # another tool's name of the site ('blocks.3.hook_resid_post'): kept as provenance
+        meta["hook_as_typed"] = typed_hook
     for stale in out.glob(".*.safetensors.*"):  # half-written shard of a killed run (atomic writes leave only these)
         stale.unlink()
     splits = [s for s in ("train", "validation", "test") if cfg.contexts_for(s) > 0]

@@ -17,7 +17,7 @@ validation split (else train), never of the rows scored. Sums are kept per conte
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -27,9 +27,8 @@ from torch import Tensor, nn
 from progsae.data.hooks import HookSite
 from progsae.errors import ProgsaeError
 from progsae.evals.bootstrap import BootstrapConfig, resample_weights
-from progsae.evals.common import Record, Variant, sae_input
-
-Splice = Callable[[Tensor], Tensor]  # activation [B, T, D] -> replacement [B, T, D]
+from progsae.evals.common import Record, Variant
+from progsae.splice import constant_splice, spliced
 
 
 class LMLossConfig(BaseModel):
@@ -58,34 +57,7 @@ class LMLossResult(Record):
     kl: float
 
 
-# ---- splicing ---------------------------------------------------------------------------------
-def keep_first(fn: Callable[[Tensor], Tensor], max_norm: float | None = None) -> Splice:
-    """A splice that applies fn to positions 1.. and leaves position 0, and rows with norm > max_norm, as they were."""
-
-    def splice(acts_BTD: Tensor) -> Tensor:
-        out = acts_BTD.clone()
-        new = fn(acts_BTD[:, 1:]).to(acts_BTD.dtype)
-        if max_norm is not None:
-            keep = acts_BTD[:, 1:].float().norm(dim=-1, keepdim=True) > max_norm
-            new = torch.where(keep, acts_BTD[:, 1:], new)
-        out[:, 1:] = new
-        return out
-
-    return splice
-
-
-def sae_splice(sae, max_norm: float | None = None) -> Splice:
-    def recon(a_BTD: Tensor) -> Tensor:
-        flat = sae_input(sae, a_BTD.reshape(-1, a_BTD.shape[-1]))
-        return sae(flat).to(a_BTD.device).reshape(a_BTD.shape)
-
-    return keep_first(recon, max_norm)
-
-
-def constant_splice(value_D: Tensor, max_norm: float | None = None) -> Splice:
-    return keep_first(lambda a: value_D.to(device=a.device, dtype=a.dtype).expand_as(a), max_norm)
-
-
+# ---- splicing: progsae.splice; here only the shared prefix ------------------------------------
 def prefix_blocks(site: HookSite) -> int:
     """How many leading blocks a variant need not recompute: through block L for resid_post.L, else before L."""
     return site.layer + 1 if site.kind == "resid_post" else site.layer
@@ -134,14 +106,10 @@ class SharedPrefixRunner:
                 h.remove()
 
     @torch.no_grad()
-    def variant(self, ids_BT: Tensor, splice: Splice) -> Tensor:
-        """Logits with the site activation replaced by splice(activation), after clean() on the same ids."""
-        handle = self.site.add_hook(splice)
-        try:
-            with cached_prefix(list(self.site.blocks)[: self.k], self._outputs):
-                return _logits(self.model, ids_BT)
-        finally:
-            handle.remove()
+    def variant(self, ids_BT: Tensor, replacement, max_norm: float | None = None) -> Tensor:
+        """Logits with an SAE's reconstruction (or a Splice's output) at the site, after clean() on the same ids."""
+        with spliced(self.model, self.site, replacement, max_norm=max_norm), cached_prefix(list(self.site.blocks)[: self.k], self._outputs):
+            return _logits(self.model, ids_BT)
 
 
 # ---- losses ------------------------------------------------------------------------------------
@@ -193,14 +161,18 @@ def evaluate_lm_loss(
     mean_C: list[float] = []
     sae_VC: list[list[float]] = [[] for _ in variants]
     kl_VC: list[list[float]] = [[] for _ in variants]
-    splices = [sae_splice(v.sae, max_norm) for v in variants]
     device = next(model.parameters()).device
     per_ctx = lambda t: t.sum(1).cpu().tolist()  # noqa: E731 - [B, T-2] -> B sums
+
+    def advance(ids_BT: Tensor) -> None:  # a batch's share of contexts per forward (clean, zero, mean, each variant)
+        if progress is not None:
+            progress(ids_BT.shape[0] / (len(variants) + 3))
     for ids_BT in batches:
         if ids_BT.shape[1] < 3:
             raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
         ids_BT = ids_BT.to(device)
         logits = runner.clean(ids_BT)
+        advance(ids_BT)
         p_c = logits[:, 1:-1].float().softmax(-1)
         lse_c, tgt_c, dot_c = position_stats(logits, ids_BT, p_c)
         del logits
@@ -209,15 +181,16 @@ def evaluate_lm_loss(
         clean_C += per_ctx(lse_c - tgt_c)
         lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(zero, max_norm)), ids_BT)
         zero_C += per_ctx(lse - tgt)
+        advance(ids_BT)
         lse, tgt, _ = position_stats(runner.variant(ids_BT, constant_splice(mean_D, max_norm)), ids_BT)
         mean_C += per_ctx(lse - tgt)
-        for i, splice in enumerate(splices):
-            lse, tgt, dot = position_stats(runner.variant(ids_BT, splice), ids_BT, p_c)
+        advance(ids_BT)
+        for i, v in enumerate(variants):
+            lse, tgt, dot = position_stats(runner.variant(ids_BT, v.sae, max_norm), ids_BT, p_c)
             sae_VC[i] += per_ctx(lse - tgt)
             kl_VC[i] += per_ctx(neg_entropy - (dot - lse))
+            advance(ids_BT)
         del p_c
-        if progress is not None:
-            progress(ids_BT.shape[0])
     if not n_C:
         raise ProgsaeError("no tokens to score for the LM loss")
     bootstrap = bootstrap or BootstrapConfig()

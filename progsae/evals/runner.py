@@ -152,7 +152,8 @@ def _bar(desc: str, total: int, enabled: bool, unit: str = "tok") -> Iterator:
         return
     from tqdm import tqdm
 
-    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "tok", dynamic_ncols=True, leave=False) as bar:
+    # leave=True: a finished bar stays on screen with its count, rather than vanishing (often before it was drawn)
+    with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "tok", dynamic_ncols=True, leave=True) as bar:
         yield bar.update
 
 

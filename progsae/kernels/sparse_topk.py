@@ -98,7 +98,7 @@ class SparseEncoder(torch.autograd.Function):
         gp_E = torch.where(vals_E > 0, grad_vals_E, 0.0)
         grad_x = grad_W = grad_b_enc = grad_b_dec = None
         need_x, need_W, need_be, need_bd = ctx.needs_input_grad[:4]
-        if need_W:
+        if need_W:  # built one row per latent ([N, D] memory); autograd copies it into W_enc's [D, N] layout
             grad_W = sparse_t_matmul(rows_E, cols_E, gp_E, xc_BD, n).t()
         colsum_N = torch.zeros(n, dtype=gp_E.dtype, device=gp_E.device).index_add_(0, cols_E, gp_E)
         if need_be:

@@ -51,9 +51,8 @@ class SAE(nn.Module):
         self.cfg = cfg
         dtype = dtype or getattr(torch, cfg.dtype)
         d, n = cfg.d_in, cfg.n_latents
-        # [D, N] held in [N, D] memory: the sparse backward builds W_enc's gradient one row per latent, so it
-        # needs no transpose copy (progsae/train/optimizer.py steps Adam on this memory layout)
-        self.W_enc = nn.Parameter(torch.zeros(n, d, device=device, dtype=dtype).t())
+        # contiguous [D, N], so state_dict() saves as is and W_enc.view(-1) works (SAELens' layout)
+        self.W_enc = nn.Parameter(torch.zeros(d, n, device=device, dtype=dtype))
         self.W_dec = nn.Parameter(torch.zeros(n, d, device=device, dtype=dtype))
         self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
         self.b_dec = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
@@ -203,3 +202,22 @@ class SAE(nn.Module):
         from progsae.sae.io import save_sae
 
         save_sae(self, path)
+
+    @classmethod
+    def load_from_disk(cls, path, device: torch.device | str = "cpu") -> "SAE":
+        """The SAE in a local folder of any format progsae reads (SAELens' name for `progsae.load_sae`)."""
+        from pathlib import Path
+
+        from progsae.errors import ProgsaeError
+        from progsae.sae.io import load_sae
+
+        if not Path(path).exists():
+            raise ProgsaeError(f"{path}: no such SAE folder")
+        return load_sae(path, device=device)
+
+    @classmethod
+    def from_pretrained(cls, spec: str, device: torch.device | str = "cpu", revision: str | None = None) -> "SAE":
+        """The SAE in the Hugging Face Hub folder 'OWNER/REPO/PATH', downloaded as `progsae import --from-hub` does."""
+        from progsae.interop.hub import load_from_hub
+
+        return load_from_hub(spec, device=str(device), revision=revision)

@@ -97,11 +97,17 @@ def load_progsae_folder(path: Path, device: str | torch.device = "cpu") -> SAE:
     return sae
 
 
-def load_sae(path, device: str | torch.device = "cpu") -> SAE:
-    """Load an SAE folder (progsae's own format, or a foreign one the interop module recognises)."""
+def load_sae(path, device: str | torch.device = "cpu", revision: str | None = None) -> SAE:
+    """Load an SAE folder (progsae's own format, or a foreign one the interop module recognises), or, when no
+    such local path exists, the Hugging Face Hub folder 'OWNER/REPO/PATH' (`revision`: a branch, tag or commit)."""
     from progsae.device import resolve_device
 
     resolve_device(device)
+    if not Path(path).exists():
+        from progsae.interop.hub import load_from_hub, looks_like_hub_spec
+
+        if looks_like_hub_spec(path):
+            return load_from_hub(str(path), device=str(device), revision=revision)
     path = Path(path)
     if not path.exists():
         raise ProgsaeError(f"{path}: no such SAE folder")

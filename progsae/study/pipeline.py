@@ -93,7 +93,8 @@ def run_train(ctx: RunContext) -> dict:
                 cfg = TrainConfig(arch=t.arch, k=t.k, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=seed,
                                   aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device,
                                   buffer_bytes=int(t.shuffle_buffer_gb * 2**30), **spec)
-                sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress)
+                sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress, wandb=ctx.wandb,
+                                wandb_group=f"{ctx.out.name}/seed-{seed}")
             seconds.setdefault(str(seed), {})[name] = sae.cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds}
 

@@ -40,6 +40,7 @@ class RunContext:
     cfg: StudyConfig
     out: Path
     progress: bool = True
+    wandb: str | None = None  # a Weights & Biases project for every SAE the train stage trains (not part of any stage key)
 
     def path(self, *parts: str) -> Path:
         return self.out.joinpath(*parts)

@@ -82,7 +82,7 @@ class DistributedSync(LocalSync):
     def broadcast_module(self, module: nn.Module) -> None:
         """Make every process hold rank 0's parameters and buffers (as DDP does at start)."""
         for t in [*module.parameters(), *module.buffers()]:
-            buf = t.data.contiguous()  # collectives need contiguous memory (W_enc is held transposed)
+            buf = t.data.contiguous()  # collectives need contiguous memory
             dist.broadcast(buf, src=0, group=self.group)
             if buf.data_ptr() != t.data.data_ptr():
                 t.data.copy_(buf)

@@ -37,6 +37,7 @@ from progsae.train.metrics import MetricsLog, Progress
 from progsae.train.optimizer import LayoutAdam
 from progsae.train.schedule import l1_at, lr_at
 from progsae.train.sync import LocalSync
+from progsae.train.tracking import WandbTracker, log10_density
 
 # settings that may change between an interrupted run and its resumption (they do not change results)
 RESUMABLE_CHANGES = {"checkpoint_every", "log_every", "device", "heldout_rows", "heldout_every", "keep_checkpoint"}
@@ -121,6 +122,7 @@ class Trainer:
 
     def __init__(self, store: ActivationStore, out_dir: Path, cfg: TrainConfig, *, resume: bool, progress: bool, sync: LocalSync | None = None):
         self.store = store
+        self.tracker: WandbTracker | None = None  # --wandb: receives every metrics line, with feature densities at held-out steps
         self.out_dir = Path(out_dir)
         self.sync = sync or LocalSync()
         self.cfg = cfg.resolved(store.d_model)
@@ -242,6 +244,8 @@ class Trainer:
                         t_log, tokens_log = now, st.tokens
                         if metrics is not None:
                             metrics.write(record)
+                        if self.tracker is not None:
+                            self.tracker.log(record, self.feature_density(x_BD) if heldout_due else None)
                     bar.update(self.sync.tokens(x_BD.shape[0]), record)
                     stop = self.sync.any(interrupt.set)  # every process stops at the same step
                     if st.step % cfg.checkpoint_every == 0 or st.step == self.total_steps or stop:
@@ -254,6 +258,8 @@ class Trainer:
             bar.close()
             if metrics is not None:
                 metrics.close()
+            if self.tracker is not None:
+                self.tracker.finish()
         sae = self.export()
         if not cfg.keep_checkpoint and self.sync.is_main:
             remove_checkpoint(self.out_dir)
@@ -311,6 +317,12 @@ class Trainer:
         err = sum(float((x_BD - self.sae(x_BD)).pow(2).sum()) for x_BD in x_SD.split(4096))
         return err / max(float((x_SD - x_SD.mean(0)).pow(2).sum()), 1e-12)
 
+    @torch.no_grad()
+    def feature_density(self, x_BD: torch.Tensor) -> torch.Tensor:
+        """log10 firing frequency [N] of each latent on the held-out sample (else this batch), for the tracker."""
+        x_SD = self.heldout_SD * self.state.input_scale if self.heldout_SD is not None else x_BD
+        return log10_density(torch.cat([self.sae.encode(x) > 0 for x in x_SD.split(4096)]))
+
     def export(self) -> SAE:
         """The trained SAE acting on raw (unscaled) inputs, with provenance; written to out_dir on the main process."""
         final = copy.deepcopy(self.sae)
@@ -333,15 +345,20 @@ class Trainer:
         return final
 
 
-def train_sae(store_or_path, out_dir, cfg: TrainConfig, *, resume: bool = False, progress: bool = True) -> SAE:
+def train_sae(store_or_path, out_dir, cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+              wandb: str | None = None, wandb_group: str | None = None) -> SAE:
     """Train an SAE on an activation store's train split; out_dir becomes an SAE folder (load_sae) plus
-    metrics.jsonl and checkpoint/. With resume=True an interrupted run continues from its last checkpoint."""
+    metrics.jsonl and checkpoint/. With resume=True an interrupted run continues from its last checkpoint.
+    `wandb`: a Weights & Biases project that also receives the metrics and feature densities (progsae.train.tracking)."""
     store = store_or_path if isinstance(store_or_path, ActivationStore) else ActivationStore(store_or_path)
     # under torchrun (or an initialised process group): this process's share of each batch, and its sync
     from progsae.train.distributed import data_parallel
 
     store, cfg, sync = data_parallel(store, cfg)
     trainer = Trainer(store, Path(out_dir), cfg, resume=resume, progress=progress, sync=sync)
+    if wandb and sync.is_main and trainer.finished is None:  # opened once the run is known to train (run() finishes it)
+        config = {**trainer.cfg.to_dict(), "store": str(store.path.resolve()), "model": store.meta.get("model"), "hook": store.meta.get("hook")}
+        trainer.tracker = WandbTracker(wandb, Path(out_dir), config, resume=resume, group=wandb_group)
     return trainer.run()
 
 
