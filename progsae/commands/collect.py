@@ -12,6 +12,7 @@ Example: progsae collect --model smollm2 --hook resid_post.14 --corpus embedded 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         shard_tokens=args.shard_tokens, device=args.device, text_field=args.text_field,
         dataset_config=args.dataset_config, dataset_split=args.dataset_split,
     )
-    cfg.validate()
+    dataclasses.replace(cfg).validate()  # bad settings refused before --out is claimed (on a copy: collect records the hook as typed)
     claim_folder(args.out, "collect", overwrite=args.overwrite, resumable=("activation store",))
     out = collect(cfg, args.out, progress=not args.no_progress)
     from progsae.data.store import ActivationStore
