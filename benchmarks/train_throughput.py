@@ -2,9 +2,11 @@
 
 One step = forward, backward, decoder-gradient projection, Adam(fused=True), decoder renorm. Variants are
 timed side by side (interleaved step by step) and medians are reported, so load from other processes hits
-them alike. Also reports Matryoshka (3 fixed prefixes) time / vanilla TopK time.
+them alike. Also reports Matryoshka (3 fixed prefixes) time / vanilla TopK time, and the hierarchical (multi-k)
+objective's time at levels k/4, k/2, k (--k-levels to change them) / vanilla TopK time (the target is <= 1.3).
 
     .venv/bin/python benchmarks/train_throughput.py --sizes 4096,16384 --steps 5
+    .venv/bin/python benchmarks/train_throughput.py --sizes 16384 --no-dense --no-matryoshka --steps 9
 
 OMP_WAIT_POLICY defaults to PASSIVE here: on a machine shared with other jobs, spinning OpenMP workers made
 small ops (cat, sort, searchsorted on ~1e5 elements) take 20-200 ms instead of <1 ms. Set it to override.
@@ -27,8 +29,10 @@ from progsae.sae.sparse_step import dense_reference  # noqa: E402
 from progsae.train.optimizer import LayoutAdam  # noqa: E402
 
 
-def make_sae(d: int, n: int, k: int, prefixes: list[int] | None, seed: int) -> TopKSAE:
+def make_sae(d: int, n: int, k: int, prefixes: list[int] | None, seed: int, k_levels: list[int] | None = None) -> TopKSAE:
     sae = TopKSAE(SAEConfig(architecture="topk", d_in=d, n_latents=n, k=k, prefixes=prefixes))
+    if k_levels:
+        sae.cfg.provenance["k_levels"] = {"levels": k_levels}
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         sae.W_dec.copy_(torch.randn(n, d, generator=g))
@@ -79,8 +83,11 @@ def main() -> None:
     p.add_argument("--dead-frac", type=float, default=0.0, help="fraction of latents marked dead (turns on AuxK)")
     p.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     p.add_argument("--no-matryoshka", action="store_true", help="skip the Matryoshka variant")
+    p.add_argument("--k-levels", default=None, help="hierarchical variant's levels (default k/4,k/2,k)")
+    p.add_argument("--no-hierarchical", action="store_true", help="skip the hierarchical (multi-k) variant")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    levels = [int(j) for j in args.k_levels.split(",")] if args.k_levels else [args.k // 4, args.k // 2, args.k]
     print(f"d {args.d}, k {args.k}, batch {args.batch}, fp32, {torch.get_num_threads()} threads, "
           f"dead fraction {args.dead_frac}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}; "
           f"medians of {args.steps} interleaved steps")
@@ -93,6 +100,8 @@ def main() -> None:
             runners["dense"] = Runner(make_sae(args.d, n, args.k, None, 0), True, ctx)
         if not args.no_matryoshka:
             runners["matryoshka"] = Runner(make_sae(args.d, n, args.k, [n // 4, n // 2, n], 0), False, ctx)
+        if not args.no_hierarchical:
+            runners["hierarchical"] = Runner(make_sae(args.d, n, args.k, None, 0, levels), False, ctx)
         xs = [torch.randn(args.batch, args.d, generator=g) for _ in range(2)]
         for r in runners.values():
             r.step(xs[0], record=False)
@@ -106,6 +115,8 @@ def main() -> None:
             line += f" | sparse/dense {rate['sparse'] / rate['dense']:.2f}x"
         if "matryoshka" in rate:
             line += f" | matryoshka/topk time {runners['matryoshka'].median() / runners['sparse'].median():.3f}"
+        if "hierarchical" in rate:
+            line += f" | hierarchical {levels}/topk time {runners['hierarchical'].median() / runners['sparse'].median():.3f}"
         print(line, flush=True)
 
 

@@ -7,10 +7,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from progsae.errors import ProgsaeError  # noqa: E402
 from progsae.sae import SAE, SAEConfig, load_sae, save_sae
-from progsae.progressive import Importance, PowerLawFit, at_size, fit_power_law, importance, prune, sort_sae
+from progsae.progressive import Importance, PowerLawFit, at_k, at_size, fit_power_law, importance, prune, sort_sae
 from progsae.splice import spliced
 
 __version__ = "0.1.0"
 
 __all__ = ["ProgsaeError", "SAE", "SAEConfig", "load_sae", "save_sae", "__version__"]
-__all__ += ["Importance", "PowerLawFit", "at_size", "fit_power_law", "importance", "prune", "sort_sae", "spliced"]
+__all__ += ["Importance", "PowerLawFit", "at_k", "at_size", "fit_power_law", "importance", "prune", "sort_sae", "spliced"]

@@ -15,7 +15,7 @@ from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR
 from progsae.errors import ProgsaeError
 from progsae.validation import from_json_dict, read_json_object
 
-PRESETS = ("embedded", "quick", "paper")
+PRESETS = ("embedded", "quick", "quick-k", "paper")
 
 
 @dataclass
@@ -34,6 +34,9 @@ class TrainStudyConfig:
     seeds: list[int] | None = None  # every SAE is trained once per seed; None: [seed]
     size_matched_baselines: bool = True
     shuffle_buffer_gb: float = 1.0  # batches mix the shards that fit in this much RAM (raise it for large d_model)
+    # sparsity levels (last = k): adds a hierarchical SAE and a Matryoshka x hierarchical one, k-matched vanilla
+    # SAEs at the other levels, and the (G, k') grid stage (progsae/study/k_grid.py); None: none of these
+    k_levels: list[int] | None = None
 
 
 @dataclass
@@ -77,6 +80,8 @@ class StudyConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         del d["data"]["device"]  # the top-level device is the one that applies
+        if d["train"]["k_levels"] is None:  # unset, it leaves the stage keys of runs made before it existed unchanged
+            del d["train"]["k_levels"]
         return d
 
     def section_hash(self, *sections: str) -> str:
@@ -107,6 +112,10 @@ class StudyConfig:
             self.data.validate()
         except ProgsaeError as e:
             raise ProgsaeError(f"{source}: data: {e}") from None
+        if len(self.data.hooks) != 1:
+            raise ProgsaeError(f"{source}: data.hook: a study reads one hook site, got {self.data.hook}")
+        if self.data.stream and (self.train.epochs != int(self.train.epochs) or self.train.epochs < 1):
+            raise ProgsaeError(f"{source}: with data.stream, train.epochs counts passes of the model over the corpus: a whole number, got {self.train.epochs:g}")
         g = self.train.granularities
         if not g or any(b <= a for a, b in zip(g, g[1:])):
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
@@ -122,6 +131,11 @@ class StudyConfig:
             raise ProgsaeError(f"{source}: eval.bootstrap_replicates must be at least 100, got {self.eval.bootstrap_replicates}")
         if self.train.k > g[0]:
             raise ProgsaeError(f"{source}: train.k={self.train.k} exceeds the smallest granularity {g[0]}")
+        levels = self.train.k_levels
+        if levels is not None and (not isinstance(levels, list) or not levels or levels[-1] != self.train.k
+                                   or not all(isinstance(j, int) and not isinstance(j, bool) and j > 0 for j in levels)
+                                   or any(b <= a for a, b in zip(levels, levels[1:]))):
+            raise ProgsaeError(f"{source}: train.k_levels must strictly increase from a positive level to train.k={self.train.k}, got {levels!r}")
         from progsae.evals.runner import METRICS
 
         e = self.eval

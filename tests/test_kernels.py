@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from progsae.kernels.prefix_loss import prefix_sq_errors
+from progsae.kernels.prefix_loss import grid_sq_errors, prefix_sq_errors
 from progsae.kernels.sparse_topk import sparse_decode, sparse_decode_bags, sparse_t_matmul, topk_encode
 
 TOL = 1e-10
@@ -115,3 +115,31 @@ def test_prefix_sq_errors_match_autograd_of_running_sum():
     assert (e - e_ref).abs().max().item() <= TOL
     for a, b in zip(g, g_ref):
         assert (a - b).abs().max().item() <= TOL
+
+
+def test_grid_sq_errors_match_autograd_of_two_way_running_sum():
+    """Prefix groups p crossed with level groups l: cut (p, l) sums parts[:, :p+1, :l+1]."""
+    gen = torch.Generator().manual_seed(5)
+    P, L = 3, 4
+    x, b_dec, parts = leaf(B, D, gen=gen), leaf(D, gen=gen), leaf(B, P, L, D, gen=gen)
+    w = torch.rand(P, L, generator=gen, dtype=torch.float64)
+
+    def dense():
+        return torch.stack([
+            torch.stack([(x - b_dec - parts[:, : p + 1, : l + 1].sum((1, 2))).pow(2).sum(-1).mean() for l in range(L)])
+            for p in range(P)
+        ])
+
+    def fast():
+        errs, resid = grid_sq_errors(x, b_dec, parts)
+        assert (x - resid - b_dec - parts.sum((1, 2))).abs().max().item() <= TOL
+        return errs
+
+    e_ref, g_ref = grads_of(dense, [x, b_dec, parts], w)
+    e, g = grads_of(fast, [x, b_dec, parts], w)
+    assert (e - e_ref).abs().max().item() <= TOL
+    for a, b in zip(g, g_ref):
+        assert (a - b).abs().max().item() <= TOL
+    one_way = grads_of(lambda: grid_sq_errors(x, b_dec, parts[:, :1])[0], [x, b_dec, parts], w[:1])
+    ref_one = grads_of(lambda: dense()[:1], [x, b_dec, parts], w[:1])
+    assert (one_way[0] - ref_one[0]).abs().max().item() <= TOL

@@ -15,10 +15,12 @@ TOL = 1e-10
 PARAMS = ("W_enc", "W_dec", "b_enc", "b_dec")
 
 
-def make_sae(arch: str, prefixes=None, matryoshka=None, seed=0):
+def make_sae(arch: str, prefixes=None, matryoshka=None, seed=0, k_levels=None):
     cfg = SAEConfig(architecture=arch, d_in=D, n_latents=N, k=K, prefixes=prefixes, dtype="float64")
     if matryoshka:
         cfg.provenance["matryoshka"] = matryoshka
+    if k_levels:
+        cfg.provenance["k_levels"] = k_levels
     cls = TopKSAE if arch == "topk" else BatchTopKSAE
     sae = cls(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -109,6 +111,35 @@ def test_matryoshka_random_prefixes_matches_dense(arch):
     sae = make_sae(arch, matryoshka={"random": 5})
     ref, out = assert_steps_equal(sae, make_x(), gen_seed=123, dead_mask_N=dead_mask(), k_aux=6)
     assert len([name for name in out.losses if name.startswith("recon_")]) >= 3
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_k_levels_match_dense_definition(arch):
+    """The multi-k objective: sparse (one decode into rank groups) equals autograd on sum_j w_j ||x - x_hat_j||^2."""
+    sae = make_sae(arch, k_levels={"levels": [1, 2, K], "weights": [0.5, 0.3, 0.2]})
+    ref, out = assert_steps_equal(sae, make_x(), dead_mask_N=dead_mask(0.3), k_aux=6)
+    errs = [out.losses[f"recon_k{j}"].item() for j in (1, 2, K)]
+    assert len({round(e, 6) for e in errs}) == 3  # the levels really decode different codes
+    assert abs(out.losses["recon"].item() - (0.5 * errs[0] + 0.3 * errs[1] + 0.2 * errs[2])) <= TOL
+    with torch.no_grad():  # the last level is the SAE's own reconstruction
+        z = sae.train_activation(sae.pre_acts(make_x()))
+        assert (out.losses[f"recon_k{K}"] - (make_x() - sae.decode(z)).pow(2).sum(-1).mean()).abs().item() <= TOL
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_k_levels_with_matryoshka_match_dense_definition(arch):
+    """Every (prefix, level) cut has its own term; equal level weights by default."""
+    sae = make_sae(arch, prefixes=[8, 30, N], matryoshka={"weights": [0.5, 0.3, 0.2]}, k_levels={"levels": [2, K]})
+    ref, out = assert_steps_equal(sae, make_x(), dead_mask_N=dead_mask(0.3), k_aux=6)
+    grid = {(m, j): out.losses[f"recon_{m}_k{j}"].item() for m in (8, 30, N) for j in (2, K)}
+    expected = sum(w * 0.5 * (grid[(m, 2)] + grid[(m, K)]) for m, w in zip((8, 30, N), (0.5, 0.3, 0.2)))
+    assert abs(out.losses["recon"].item() - expected) <= TOL
+    assert len({round(e, 6) for e in grid.values()}) == len(grid)
+
+
+def test_k_levels_with_random_prefixes_match_dense():
+    sae = make_sae("topk", matryoshka={"random": 4}, k_levels={"levels": [1, 3, K]})
+    assert_steps_equal(sae, make_x(), gen_seed=7)
 
 
 def test_l1_term_matches_dense():

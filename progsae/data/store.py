@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR, OutlierRule, outlier_summary
+from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR, OutlierRule, outlier_summary, row_norms
 from progsae.errors import ProgsaeError
 from progsae.sae.io import atomic_save_safetensors, atomic_write_json
 from progsae.validation import first_nonfinite, read_json_object, safetensors_header
@@ -166,7 +166,7 @@ class ActivationStore:
         if key not in self._norms:
             out = np.empty(self.shards(split)[index].tokens, dtype=np.float32)
             for s0, part in self.read_chunks(split, index, self.summary_rows()):
-                out[s0 : s0 + part.shape[0]] = np.sqrt(np.einsum("ij,ij->i", part, part, dtype=np.float64))
+                out[s0 : s0 + part.shape[0]] = row_norms(torch.from_numpy(part)).numpy()
             self._norms[key] = out
         return self._norms[key]
 
@@ -192,7 +192,7 @@ class ActivationStore:
             return None
         key = (split, index)
         if key not in self._keep:  # read by every batch buffer and context chunk: computed once per shard
-            keep = ~(self.row_norms(split, index) > rule.threshold)
+            keep = rule.keep(self.row_norms(split, index))
             self._keep[key] = None if keep.all() else keep
         return self._keep[key]
 

@@ -26,10 +26,8 @@ def bag_offsets(bags_E: Tensor, num_bags: int) -> Tensor:
     return counts.cumsum(0) - counts
 
 
-def sort_perm(keys_E: Tensor, bound: int) -> Tensor:
-    """Stable ascending order of non-negative integer keys < bound (int32 keys take torch's fast radix sort)."""
-    if bound < 2**31:
-        keys_E = keys_E.to(torch.int32)
+def _stable_sort_perm(keys_E: Tensor) -> Tensor:
+    """torch.sort(stable) indices, on one thread on CPU."""
     if keys_E.device.type != "cpu" or torch.get_num_threads() == 1:
         return torch.sort(keys_E, stable=True).indices
     # On CPU torch's multi-threaded 1-D sort took ~200 ms for 131k keys here, one thread ~1 ms.
@@ -39,6 +37,19 @@ def sort_perm(keys_E: Tensor, bound: int) -> Tensor:
         return torch.sort(keys_E, stable=True).indices
     finally:
         torch.set_num_threads(threads)
+
+
+def sort_perm(keys_E: Tensor, bound: int) -> Tensor:
+    """Stable ascending order of non-negative integer keys < bound (int32 keys take torch's fast radix sort)."""
+    if bound < 2**31:
+        keys_E = keys_E.to(torch.int32)
+    return _stable_sort_perm(keys_E)
+
+
+def descending_ranks(vals_E: Tensor) -> Tensor:
+    """Each entry's rank by value, largest first (0 = the largest; ties in entry order)."""
+    order = _stable_sort_perm(-vals_E.detach())
+    return torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
 
 
 def sparse_t_matmul(rows_E: Tensor, cols_E: Tensor, w_E: Tensor, X_RD: Tensor, n: int) -> Tensor:

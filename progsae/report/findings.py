@@ -183,17 +183,22 @@ def _sizes(records: list[dict], methods, mode: str, below: int | None) -> list[i
 
 
 def compare(index: dict, seeds: list, replicates: dict | None, a: tuple, b: tuple, metric: str, better: int,
-            label: str | None = None, size=None, mode=None) -> dict | None:
+            label: str | None = None, size=None, mode=None, margin: float = 0.0) -> dict | None:
     """Paired comparison of a = (method, size, mode) against b per seed, aggregated over seeds.
 
+    `margin` > 0 tests "a is no worse than b by more than that fraction": a is compared against b moved by the
+    margin in the direction the claim tolerates ((1 + margin)·b when lower is better, (1 − margin)·b when higher is).
     None when the metric is missing on either side in every seed (nothing to compare)."""
     per_seed: dict[str, dict | None] = {}
+    scale = 1.0 - better * margin
     for s in seeds:
         ra, rb = index.get((s, *a)), index.get((s, *b))
         if ra is None or rb is None or ra.get(metric) is None or rb.get(metric) is None:
             per_seed[str(s)] = None
             continue
-        c = paired(float(ra[metric]), float(rb[metric]), _rep(replicates, ra, metric), _rep(replicates, rb, metric), better)
+        b_R = _rep(replicates, rb, metric)
+        c = paired(float(ra[metric]), scale * float(rb[metric]), _rep(replicates, ra, metric),
+                   None if b_R is None else scale * b_R, better)
         per_seed[str(s)] = c.to_dict()
     if all(v is None for v in per_seed.values()):
         return None
@@ -207,7 +212,8 @@ def _rep(replicates: dict | None, record: dict, metric: str):
     return None if r is None else np.asarray(r, dtype=np.float64)
 
 
-def _finding(key: str, claim: str, comparisons: list[dict], note: str = "", context: bool = False, rule=verdict) -> Finding:
+def comparisons_finding(key: str, claim: str, comparisons: list[dict], note: str = "", context: bool = False, rule=verdict) -> Finding:
+    """A finding from its paired comparisons: counts, the verdict by `rule`, and evidence naming the wins and losses."""
     w, t, l_ = _counts(comparisons)
     evidence = _summary(comparisons) if comparisons else "nothing to compare (no matching records)"
     if note:
@@ -289,7 +295,7 @@ def ordering_finding(records: list[dict], replicates: dict | None = None, n: int
                 c = compare(index, seeds, replicates, (a, size, mode), (b, size, mode), metric, LOWER, size=size, mode=mode)
                 if c:
                     comps.append(c)
-    return _finding("ordering", claim, comps)
+    return comparisons_finding("ordering", claim, comps)
 
 
 # ---- (c) Matryoshka vs pruned vanilla -----------------------------------------------------------
@@ -321,7 +327,7 @@ def matryoshka_finding(records: list[dict], replicates: dict | None = None, n: i
             else:
                 missing.add(metric)
     note = f"Not measured: {', '.join(sorted(missing))}" if missing else ""
-    return _finding("matryoshka", claim, comps, note)
+    return comparisons_finding("matryoshka", claim, comps, note)
 
 
 def matched_vanilla_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
@@ -336,7 +342,7 @@ def matched_vanilla_finding(records: list[dict], replicates: dict | None = None,
                         label="matryoshka − vanilla-G", size=size, mode=mode)
             if c:
                 comps.append(c)
-    return _finding("matryoshka_vs_matched", claim, comps, context=True)
+    return comparisons_finding("matryoshka_vs_matched", claim, comps, context=True)
 
 
 # ---- (d) interpretability -------------------------------------------------------------------------

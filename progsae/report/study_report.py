@@ -6,6 +6,7 @@ import json
 
 from progsae.evals.runner import load_firing
 from progsae.report.findings import compute_findings
+from progsae.report.k_grid import grid_section
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
@@ -67,9 +68,11 @@ def write_study_report(ctx) -> None:
         timing_rows += [[f"seed {seed}: {name}", s, (s / base) if (s and base) else None] for name, s in per_sae.items()]
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages"].items() if v is not None)
     d = cfg.data
-    rule = "every row kept" if cfg.outlier_factor is None else f"rows above {cfg.outlier_factor:g}× the median train-row norm dropped"
+    ref = "validation" if d.stream else "train"  # a streamed run stores no train rows: its rule's median is validation's
+    rule = "every row kept" if cfg.outlier_factor is None else f"rows above {cfg.outlier_factor:g}× the median {ref}-row norm dropped"
     summary = [
-        f"Model `{d.model}`, hook `{d.hook}`, corpus `{d.corpus}`: {d.tokens:,} training, "
+        f"Model `{d.model}`, hook `{d.hook}`, corpus `{d.corpus}`: {d.tokens:,} training"
+        f"{' (streamed from the running model, every SAE from one pass, never stored)' if d.stream else ''}, "
         f"{d.resolved_validation_tokens:,} validation and {d.test_tokens:,} test tokens (context {d.context_length}); {rule}.",
         f"{cfg.train.arch} SAEs with k = {cfg.train.k}, n = {n}, granularities G ∈ {cfg.train.granularities}, "
         f"{cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}, seeds {cfg.seeds}; pruning modes {cfg.eval.modes}.",
@@ -85,8 +88,13 @@ def write_study_report(ctx) -> None:
     atomic_write_json(ctx.path("provenance.json"), prov)
     findings = compute_findings(records, reps, power_laws, bands, t)
     atomic_write_json(ctx.path("findings.json"), [f.to_dict() for f in findings])
+    grid = json.loads(ctx.path("kgrid", "results.json").read_text()) if ctx.path("kgrid", "results.json").exists() else []
+    grid_lines, grid_found = grid_section(grid, load_replicates(ctx, "kgrid"), cfg.train.k, n, cfg.eval.modes[0],
+                                          ctx.path("figures", "k_grid_frontier.png"))
+    if grid_found:
+        atomic_write_json(ctx.path("kgrid_findings.json"), [f.to_dict() for f in grid_found])
     md = render_markdown(f"progsae study: {cfg.name}", summary, findings, figures, records, timing_rows, outliers=outliers,
-                         extra=sufficiency)
+                         extra=sufficiency + grid_lines)
     md += "\n".join(["", "## Provenance", "", "Also in `provenance.json` beside `results.json`.", "",
                       "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in prov.items()), ""])
     if write_latents(ctx):

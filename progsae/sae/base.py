@@ -197,6 +197,13 @@ class SAE(nn.Module):
 
         return at_size(self, size, mode=mode)
 
+    def at_k(self, k: int, acts=None, split: str | None = None) -> "SAE":
+        """This SAE keeping only the k largest activations per row (BatchTopK: the threshold giving mean L0 k on
+        held-out `acts`); composes with at_size (see progsae.progressive.sparsity)."""
+        from progsae.progressive.sparsity import at_k
+
+        return at_k(self, k, acts, split=split)
+
     # ---- files -----------------------------------------------------------------------------
     def save(self, path) -> None:
         from progsae.sae.io import save_sae

@@ -1,4 +1,4 @@
-"""Loss terms shared by the architectures: reconstruction, Matryoshka prefixes, AuxK, L1.
+"""Loss terms shared by the architectures: reconstruction, Matryoshka prefixes, k levels, AuxK, L1.
 
 This is the dense reference path (plain autograd). The fast sparse path must match it.
 """
@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 
 from progsae.sae.base import SAE, StepOutput, TrainContext
+from progsae.sae.batchtopk import batch_topk_dense
+from progsae.sae.topk import topk_dense
 
 
 def sq_error(x_BD: Tensor, x_hat_BD: Tensor) -> Tensor:
@@ -37,6 +39,43 @@ def prefix_weights(sae: SAE, prefixes: list[int]) -> list[float]:
     if w is None or mat.get("random"):
         return [1.0 / len(prefixes)] * len(prefixes)
     return [float(v) for v in w]
+
+
+def k_levels(sae: SAE) -> list[int] | None:
+    """The sparsity levels j_1 < ... < j_L = k of a hierarchical (multi-k) SAE's objective, or None."""
+    levels = (sae.cfg.provenance.get("k_levels") or {}).get("levels")
+    return [int(j) for j in levels] if levels else None
+
+
+def k_level_weights(sae: SAE, levels: list[int]) -> list[float]:
+    """Per-level loss weights (default equal)."""
+    w = (sae.cfg.provenance.get("k_levels") or {}).get("weights")
+    return [1.0 / len(levels)] * len(levels) if w is None else [float(v) for v in w]
+
+
+def keep_largest(sae: SAE, z_BN: Tensor, j: int) -> Tensor:
+    """The code at level j: the j largest entries of each row (TopK), or the j*B largest of the batch (BatchTopK)."""
+    return batch_topk_dense(z_BN, j) if getattr(sae, "batch_topk_training", False) else topk_dense(z_BN, j)
+
+
+def hierarchical_recon(
+    sae: SAE, x_BD: Tensor, z_BN: Tensor, levels: list[int], prefixes: list[int] | None
+) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The dense definition of the multi-k objective: sum_j w_j ||x - x_hat_j||^2, where x_hat_j decodes only the
+    level-j code (with Matryoshka prefixes, each level's prefix loss); x_hat is the level-k reconstruction."""
+    total = x_BD.new_zeros(())
+    terms: dict[str, Tensor] = {}
+    for j, w in zip(levels, k_level_weights(sae, levels)):
+        z_j = keep_largest(sae, z_BN, j)
+        if prefixes:
+            err, x_hat, sub = matryoshka_recon(sae, x_BD, z_j, prefixes, prefix_weights(sae, prefixes))
+            terms.update({f"{name}_k{j}": v for name, v in sub.items()})
+        else:
+            x_hat = z_j @ sae.W_dec + sae.b_dec
+            err = sq_error(x_BD, x_hat)
+            terms[f"recon_k{j}"] = err.detach()
+        total = total + w * err
+    return total, x_hat, terms
 
 
 def matryoshka_recon(sae: SAE, x_BD: Tensor, z_BN: Tensor, prefixes: list[int], weights: list[float]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -79,12 +118,16 @@ def residual_variance(resid_BD: Tensor, ctx: TrainContext) -> Tensor:
 
 
 def dense_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
-    """Reference training step with dense autograd: recon (+Matryoshka), AuxK, L1."""
+    """Reference training step with dense autograd: recon (+Matryoshka, k levels), AuxK, L1."""
     pre_BN = sae.pre_acts(x_BD)
     z_BN = sae.train_activation(pre_BN)
     losses: dict[str, Tensor] = {}
     prefixes = prefix_sizes(sae, ctx)
-    if prefixes:
+    levels = k_levels(sae)
+    if levels:
+        recon, x_hat, terms = hierarchical_recon(sae, x_BD, z_BN, levels, prefixes)
+        losses.update(terms)
+    elif prefixes:
         recon, x_hat, terms = matryoshka_recon(sae, x_BD, z_BN, prefixes, prefix_weights(sae, prefixes))
         losses.update(terms)
     else:

@@ -1,4 +1,4 @@
-"""Fast training step for TopK and BatchTopK SAEs (with Matryoshka and AuxK) on the sparse kernels.
+"""Fast training step for TopK and BatchTopK SAEs (with Matryoshka, k levels and AuxK) on the sparse kernels.
 
 It computes exactly what `progsae.sae.losses.dense_step` computes (same loss names and statistics), but
 the backward touches only the selected latents. `dense_reference()` switches back to the dense step.
@@ -14,10 +14,17 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from progsae.kernels.prefix_loss import prefix_sq_errors
-from progsae.kernels.sparse_topk import Selection, sort_perm, sparse_decode_bags, sparse_encode, topk_selection
+from progsae.kernels.prefix_loss import grid_sq_errors
+from progsae.kernels.sparse_topk import (
+    Selection,
+    descending_ranks,
+    sort_perm,
+    sparse_decode_bags,
+    sparse_encode,
+    topk_selection,
+)
 from progsae.sae.base import SAE, StepOutput, TrainContext
-from progsae.sae.losses import prefix_sizes, prefix_weights, residual_variance, sq_error
+from progsae.sae.losses import k_level_weights, k_levels, prefix_sizes, prefix_weights, residual_variance, sq_error
 
 _SPARSE_ENABLED = True
 
@@ -85,40 +92,69 @@ def aux_selection(pre_BN: Tensor, dead_N: Tensor, k_aux: int) -> Selection:
     return rows_E[pos_E], cols_E[pos_E], vals_E[pos_E]
 
 
-def _recon(
-    sae: SAE, x_BD: Tensor, rows_E: Tensor, cols_E: Tensor, vals_E: Tensor, prefixes: list[int] | None
-) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-    """Reconstruction loss, x_hat and residual (both detached) and Matryoshka terms.
+def level_groups(vals_E: Tensor, levels: list[int], k: int, B: int, batch: bool) -> Tensor:
+    """Each entry's sparsity-level group l: its rank r has levels[l-1] <= r < levels[l], so level j's code is the
+    entries of groups <= l. TopK ranks within the row (entries come sorted by value, k per row); BatchTopK ranks
+    in the whole batch against the budgets j*B."""
+    if batch:
+        rank_E, scale = descending_ranks(vals_E), B
+    else:
+        rank_E, scale = torch.arange(vals_E.numel(), device=vals_E.device) % k, 1
+    bounds = torch.tensor([j * scale for j in levels[:-1]], dtype=rank_E.dtype, device=rank_E.device)
+    return torch.searchsorted(bounds, rank_E, right=True)
 
-    ONE decode gives per-(row, latent group) partial sums; prefix reconstructions are a running sum over the
-    groups. Vanilla is the one-group case.
+
+def _recon(
+    sae: SAE,
+    x_BD: Tensor,
+    rows_E: Tensor,
+    cols_E: Tensor,
+    vals_E: Tensor,
+    prefixes: list[int] | None,
+    levels: list[int] | None,
+    level_E: Tensor | None,
+    bags_sorted: bool,
+) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    """Reconstruction loss, x_hat and residual (both detached) and the Matryoshka / k-level terms.
+
+    ONE decode gives per-(row, prefix group, level group) partial sums; the nested reconstructions are running
+    sums over the groups (progsae/kernels/prefix_loss.py). Vanilla is the one-group case. `bags_sorted`: the
+    entries are already in bag order.
     """
     B, D = x_BD.shape
-    G = len(prefixes) if prefixes else 1
-    if G == 1:
-        bags_E = rows_E  # entries are grouped by row already
-    else:
-        bounds_G1 = torch.tensor(prefixes[:-1], dtype=cols_E.dtype, device=cols_E.device)
-        bags_E = rows_E * G + torch.searchsorted(bounds_G1, cols_E, right=True)
-        order = sort_perm(bags_E, B * G)
-        rows_E, cols_E, vals_E, bags_E = rows_E[order], cols_E[order], vals_E[order], bags_E[order]
-    parts_BGD = sparse_decode_bags(vals_E, cols_E, bags_E, sae.W_dec, B * G).view(B, G, D)
-    err_G, resid_BD = prefix_sq_errors(x_BD, sae.b_dec, parts_BGD)
+    P = len(prefixes) if prefixes else 1
+    L = len(levels) if levels else 1
+    bags_E = rows_E  # entries are grouped by row already
+    if P > 1:
+        bounds_P1 = torch.tensor(prefixes[:-1], dtype=cols_E.dtype, device=cols_E.device)
+        bags_E = bags_E * P + torch.searchsorted(bounds_P1, cols_E, right=True)
+    if L > 1:
+        bags_E = bags_E * L + level_E
+    if not bags_sorted:
+        order = sort_perm(bags_E, B * P * L)
+        cols_E, vals_E, bags_E = cols_E[order], vals_E[order], bags_E[order]
+    parts_BPLD = sparse_decode_bags(vals_E, cols_E, bags_E, sae.W_dec, B * P * L).view(B, P, L, D)
+    err_PL, resid_BD = grid_sq_errors(x_BD, sae.b_dec, parts_BPLD)
     x_hat = x_BD - resid_BD
-    if not prefixes:
-        return err_G[0], x_hat, resid_BD, {}
-    w_G = torch.tensor(prefix_weights(sae, prefixes), dtype=err_G.dtype, device=err_G.device)
-    terms = {f"recon_{m}": err_G[g].detach() for g, m in enumerate(prefixes)}
-    return (w_G * err_G).sum(), x_hat, resid_BD, terms
+    if P == 1 and L == 1:
+        return err_PL[0, 0], x_hat, resid_BD, {}
+    w_P = prefix_weights(sae, prefixes) if prefixes else [1.0]
+    w_L = k_level_weights(sae, levels) if levels else [1.0]
+    w_PL = torch.tensor([[a * b for b in w_L] for a in w_P], dtype=err_PL.dtype, device=err_PL.device)
+    names_P = [f"_{m}" for m in prefixes] if prefixes else [""]
+    names_L = [f"_k{j}" for j in levels] if levels else [""]
+    terms = {f"recon{a}{b}": err_PL[p, l].detach() for p, a in enumerate(names_P) for l, b in enumerate(names_L)}
+    return (w_PL * err_PL).sum(), x_hat, resid_BD, terms
 
 
 def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
-    """Training step for TopK / BatchTopK (+Matryoshka, AuxK, L1) equal to `dense_step`, with sparse backward."""
+    """Training step for TopK / BatchTopK (+Matryoshka, k levels, AuxK, L1) equal to `dense_step`, with sparse backward."""
     B = x_BD.shape[0]
     n = sae.n_latents
     k = int(sae.cfg.k)
     batch = bool(getattr(sae, "batch_topk_training", False))
     prefixes = prefix_sizes(sae, ctx)
+    levels = k_levels(sae)
     dead_N = ctx.dead_mask_N
     use_aux = sae.cfg.k is not None and ctx.aux_coef > 0
     k_aux = min(ctx.k_aux, int(dead_N.sum())) if use_aux and dead_N is not None else 0
@@ -129,6 +165,10 @@ def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
             main = batch_topk_selection(pre_BN, k)
         else:
             main = topk_selection(pre_BN, k)
+            if levels:  # entries of each row largest first: an entry's rank is its place in the row
+                rows_K, cols_K, vals_K = main
+                vals_BK, order_BK = vals_K.view(-1, k).sort(dim=-1, descending=True)
+                main = rows_K, cols_K.view(-1, k).gather(-1, order_BK).flatten(), vals_BK.flatten()
         n_main.append(main[0].numel())
         if k_aux == 0:
             return main
@@ -139,7 +179,9 @@ def sparse_step(sae: SAE, x_BD: Tensor, ctx: TrainContext) -> StepOutput:
     m = n_main[0]
     rows_M, cols_M, vals_M = rows_E[:m], cols_E[:m], vals_E[:m]
 
-    recon, x_hat, resid, losses = _recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes)
+    level_M = level_groups(vals_M, levels, k, B, batch) if levels else None
+    bags_sorted = not prefixes and not (levels and batch)  # TopK levels: ranks ascend within each row
+    recon, x_hat, resid, losses = _recon(sae, x_BD, rows_M, cols_M, vals_M, prefixes, levels, level_M, bags_sorted)
     losses["recon"] = recon
     loss = recon
     if use_aux:

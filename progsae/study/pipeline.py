@@ -1,11 +1,13 @@
-"""`progsae reproduce`: the study of docs/method.md as six resumable stages over one run folder.
+"""`progsae reproduce`: the study of docs/method.md as seven resumable stages over one run folder.
 
-    acts/                         activation store (train, validation, test)                  [collect]
+    acts/                         activation store (train, validation, test; with data.stream only
+                                  validation and test: the SAEs train from the running model)  [collect]
     rows.json                     rows each split loses to the outlier rule                   [train]
     seed-<s>/saes/<name>/         vanilla-n, matryoshka-n, vanilla-G baselines, per seed      [train]
     seed-<s>/importance.json, seed-<s>/power_law.json, figures/power_law-seed-<s>.png        [importance]
     seed-<s>/families/<method>-<G>-<mode>/   pruned and prefix SAEs; families.json             [families]
     evals/<metric>.json (+ .replicates.safetensors), evals/bands.json, results.json          [evaluate]
+    kgrid/<metric>.json, kgrid/results.json: every method on the (G, k') grid (train.k_levels) [kgrid]
     report.md, report.html, figures/*.png, timings.json, findings.json                        [report]
 
 Choices read validation rows (importance orderings, the mean-ablation vector, interpretability
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING
 from progsae.config import StudyConfig
 from progsae.report.size_plots import CONTROL_METHODS
 from progsae.sae.io import atomic_write_json, load_sae
+from progsae.study.k_grid import GRID_METRICS, cut, grid_members, grid_records, k_level_specs, parent_folders
 from progsae.study.stages import RunContext, Stage, read_marker
 
 if TYPE_CHECKING:
@@ -53,6 +56,7 @@ def sae_specs(cfg: StudyConfig) -> dict[str, dict]:
     specs = {f"vanilla-{n}": {"n_latents": n}, f"matryoshka-{n}": {"n_latents": n, "matryoshka": list(g)}}
     if cfg.train.size_matched_baselines:
         specs.update({f"vanilla-{size}": {"n_latents": size} for size in g[:-1]})
+    specs.update(k_level_specs(cfg))
     return specs
 
 
@@ -64,9 +68,10 @@ def sae_folders(cfg: StudyConfig) -> list[str]:
 def run_collect(ctx: RunContext) -> dict:
     from dataclasses import replace
 
-    from progsae.data.collect import collect
+    from progsae.data.collect import collect, heldout_only
 
-    collect(replace(ctx.cfg.data, device=ctx.cfg.device), store_path(ctx), progress=ctx.progress)
+    data = replace(ctx.cfg.data, device=ctx.cfg.device)
+    collect(heldout_only(data) if data.stream else data, store_path(ctx), progress=ctx.progress)
     return {}
 
 
@@ -82,6 +87,8 @@ def run_train(ctx: RunContext) -> dict:
     atomic_write_json(ctx.path("rows.json"), rows)
     for summary in rows.values():
         print(f"[train] {describe(summary)}")
+    if ctx.cfg.data.stream:
+        return run_streamed_train(ctx)
     tokens = int(t.epochs * store.num_tokens("train"))
     seconds: dict[str, dict] = {}
     for seed in ctx.cfg.seeds:
@@ -90,13 +97,41 @@ def run_train(ctx: RunContext) -> dict:
             if (folder / "cfg.json").exists():  # finished earlier
                 sae = load_sae(folder)
             else:
-                cfg = TrainConfig(arch=t.arch, k=t.k, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=seed,
+                cfg = TrainConfig(arch=t.arch, tokens=tokens, batch_size=t.batch_size, lr=t.lr, seed=seed,
                                   aux_coef=t.aux_coef, dead_window=t.dead_window, device=ctx.cfg.device,
-                                  buffer_bytes=int(t.shuffle_buffer_gb * 2**30), **spec)
+                                  buffer_bytes=int(t.shuffle_buffer_gb * 2**30), **{"k": t.k, **spec})
                 sae = train_sae(store, folder, cfg, resume=True, progress=ctx.progress, wandb=ctx.wandb,
                                 wandb_group=f"{ctx.out.name}/seed-{seed}")
             seconds.setdefault(str(seed), {})[name] = sae.cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds}
+
+
+def run_streamed_train(ctx: RunContext) -> dict:
+    """Every SAE of every seed from one stream of the running model (data.stream; train.epochs passes); finished folders are kept."""
+    from dataclasses import replace
+
+    from progsae.train import TrainConfig
+    from progsae.train.streamed import StreamJob, stream_train
+
+    t, cfg = ctx.cfg.train, ctx.cfg
+    jobs = []
+    for seed in cfg.seeds:
+        for name, spec in sae_specs(cfg).items():
+            folder = ctx.path(seed_dir(seed), "saes", name)
+            if not (folder / "cfg.json").exists():
+                train_cfg = TrainConfig(arch=t.arch, tokens=1, batch_size=t.batch_size, lr=t.lr, seed=seed,  # tokens: one pass
+                                        aux_coef=t.aux_coef, dead_window=t.dead_window, device=cfg.device,
+                                        buffer_bytes=int(t.shuffle_buffer_gb * 2**30), keep_checkpoint=False, **{"k": t.k, **spec})
+                jobs.append(StreamJob(folder, train_cfg, cfg.data.hook))
+    if jobs:
+        stream_train(replace(cfg.data, device=cfg.device), jobs, store_path(ctx), outlier_factor=cfg.outlier_factor,
+                     buffer_bytes=int(t.shuffle_buffer_gb * 2**30), seed=t.seed, epochs=int(t.epochs), resume=True,
+                     progress=ctx.progress)
+    seconds: dict[str, dict] = {}
+    for seed in cfg.seeds:
+        for name in sae_specs(cfg):
+            seconds.setdefault(str(seed), {})[name] = load_sae(ctx.path(seed_dir(seed), "saes", name)).cfg.provenance.get("wall_time_s")
+    return {"train_seconds": seconds, "streamed": True}
 
 
 # ---- 3. importance ------------------------------------------------------------------------------
@@ -288,18 +323,54 @@ def full_size_rows(records: list[dict], cfg: StudyConfig) -> list[dict]:
     return rows
 
 
-def load_replicates(ctx: RunContext) -> dict[str, dict]:
-    """folder -> flat metric -> bootstrap replicates [R], from every evals/<metric>.replicates.safetensors."""
+def load_replicates(ctx: RunContext, folder: str = "evals") -> dict[str, dict]:
+    """folder -> flat metric -> bootstrap replicates [R], from every <folder>/<metric>.replicates.safetensors
+    (evals/, or kgrid/ whose variants are named by grid member)."""
     from progsae.evals.bootstrap import load_replicates as load_file
 
     out: dict[str, dict] = {}
-    for path in sorted(ctx.path("evals").glob("*.replicates.safetensors")):
+    for path in sorted(ctx.path(folder).glob("*.replicates.safetensors")):
         for variant, per in load_file(path).items():
             out.setdefault(variant.split("@", 1)[0], {}).update(per)
     return out
 
 
-# ---- 6. report ----------------------------------------------------------------------------------
+# ---- 6. the (G, k') grid --------------------------------------------------------------------------
+def run_k_grid(ctx: RunContext) -> dict:
+    """Every method on the (G, k') grid with the trained baselines, on FVU and recaptured CE (train.k_levels;
+    without it, an empty kgrid/results.json). One kgrid/<metric>.json per metric, per seed in one file."""
+    from progsae.evals.runner import run_evals
+    from progsae.progressive import importance, sort_sae
+
+    cfg = ctx.cfg
+    records: list[dict] = []
+    metrics = [m for m in GRID_METRICS if m in cfg.eval.metrics] if cfg.train.k_levels else []
+    if metrics:
+        store = open_store(ctx)
+        saes, members = {}, {}
+        for seed in cfg.seeds:
+            sd = seed_dir(seed)
+            parents = {m: load_sae(ctx.path(sd, f), device=cfg.device) for m, f in parent_folders(cfg).items()}
+            parents["vanilla"] = sort_sae(parents["vanilla"], "ef2", importance=ctx.path(sd, "importance.json"))
+            imp = importance(parents["hierarchical"], store, split=store.choice_split(), seed=seed)
+            parents["hierarchical"] = sort_sae(parents["hierarchical"], "ef2", importance=imp)
+            members[seed] = grid_members(cfg, sd)
+            for m in members[seed]:
+                folder = m.get("folder")
+                saes[m["name"]] = load_sae(ctx.path(sd, folder), device=cfg.device) if folder else cut(parents, m, store)
+        flat: dict[str, dict] = {}
+        for metric in metrics:
+            res = run_evals(store, saes, eval_run_config(cfg, [metric]), out_path=ctx.path("kgrid", f"{metric}.json"),
+                            progress=ctx.progress)
+            for r in res.records:
+                flat.setdefault(r["method"], {}).update(r)
+        for seed in cfg.seeds:
+            records += grid_records(seed, members[seed], flat)
+    atomic_write_json(ctx.path("kgrid", "results.json"), records)
+    return {"grid_records": len(records)}
+
+
+# ---- 7. report ----------------------------------------------------------------------------------
 def run_report(ctx: RunContext) -> dict:
     from progsae.report.study_report import write_study_report
 
@@ -326,7 +397,9 @@ STAGES = [
           owns=lambda cfg: ("families", *(f"{seed_dir(s)}/families" for s in cfg.seeds))),
     Stage("evaluate", ("eval",), ("families",), lambda cfg: ("results.json", "evals/bands.json"), run_evaluate,
           owns=("evals", "results.json")),
-    Stage("report", (), ("evaluate",), lambda cfg: ("report.md", "report.html", "timings.json", "provenance.json"), run_report,
-          owns=("report.md", "report.html", "timings.json", "findings.json", "provenance.json", "latents.html")),
+    Stage("kgrid", ("train", "eval"), ("importance",), lambda cfg: ("kgrid/results.json",), run_k_grid, owns=("kgrid",)),
+    Stage("report", (), ("evaluate", "kgrid"), lambda cfg: ("report.md", "report.html", "timings.json", "provenance.json"), run_report,
+          owns=("report.md", "report.html", "timings.json", "findings.json", "kgrid_findings.json", "provenance.json",
+                "latents.html")),
 ]
 STAGE_NAMES = [s.name for s in STAGES]

@@ -31,6 +31,8 @@ class TrainConfig:
     heldout_rows  validation rows whose FVU is logged as heldout_fvu (0, or a store without a
                   validation split: not logged); it tells whether training has levelled off.
     heldout_every steps between held-out FVU logs; default steps // 20, so 20 points and the last step.
+    k_levels      sparsity levels j_1 < ... < j_L = k of the hierarchical (multi-k) objective: the loss averages
+                  ||x - x_hat_j||^2, x_hat_j decoding only the j largest activations (docs/method.md).
     """
 
     arch: str = "topk"
@@ -39,6 +41,8 @@ class TrainConfig:
     matryoshka: list[int] | None = None  # fixed nested prefix sizes, last == n_latents
     matryoshka_weights: list[float] | None = None  # per prefix; default equal
     matryoshka_random: int | None = None  # number of random prefixes sampled each step
+    k_levels: list[int] | None = None  # hierarchical objective's sparsity levels, last == k
+    k_level_weights: list[float] | None = None  # per level; default equal
     steps: int | None = None
     tokens: int | None = None
     batch_size: int = 4096
@@ -128,6 +132,7 @@ class TrainConfig:
             raise ProgsaeError(f"--dead-window must be positive and --warmup-steps non-negative, got {self.dead_window} and {self.warmup_steps}")
         if self.matryoshka_random is not None and not 1 <= self.matryoshka_random <= self.n_latents:
             raise ProgsaeError(f"--matryoshka-random must be in 1..{self.n_latents}, got {self.matryoshka_random}")
+        self._validate_k_levels()
         if self.lr is not None and not self.lr > 0:
             raise ProgsaeError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.decay_frac <= 1:
@@ -138,6 +143,24 @@ class TrainConfig:
             raise ProgsaeError("heldout_rows must be >= 0 and heldout_every positive")
         if self.dtype != "float32":
             raise ProgsaeError(f"only float32 training is supported, got dtype={self.dtype}")
+
+    def _validate_k_levels(self) -> None:
+        if self.k_levels is None:
+            if self.k_level_weights is not None:
+                raise ProgsaeError("--k-level-weights given without --k-levels")
+            return
+        if self.arch == "relu":
+            raise ProgsaeError("--k-levels needs --arch topk or batchtopk, not relu")
+        levels = list(self.k_levels)
+        if not levels or any(int(j) <= 0 for j in levels) or any(b <= a for a, b in zip(levels, levels[1:])):
+            raise ProgsaeError(f"--k-levels must be positive and strictly increasing, got {levels}")
+        if levels[-1] != self.k:
+            raise ProgsaeError(f"the last of --k-levels must equal --k {self.k}, got {levels}")
+        if self.k_level_weights is not None:
+            if len(self.k_level_weights) != len(levels):
+                raise ProgsaeError(f"{len(self.k_level_weights)} --k-level-weights for {len(levels)} --k-levels")
+            if any(w < 0 for w in self.k_level_weights) or not sum(self.k_level_weights) > 0:
+                raise ProgsaeError(f"--k-level-weights must be non-negative with a positive sum, got {self.k_level_weights}")
 
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else math.ceil(self.tokens / self.batch_size)
