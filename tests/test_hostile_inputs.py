@@ -205,6 +205,12 @@ CASES: list[tuple[str, Argv, str]] = [
      "tensor W_dec holds NaN or inf"),
     ("prune --importance is a list", lambda w, t: ["prune", w.sae, "--size", "8", "--importance", config_file(t, "[]"), "--out", t / "o"],
      "expected a JSON object"),
+    # sort
+    ("sort --out over a trained SAE", lambda w, t: ["sort", w.sae, "--order", "unsorted", "--out", copy(w.sae, t / "other")],
+     "already holds a training run"),
+    ("sort --out an existing file", lambda w, t: ["sort", w.sae, "--order", "unsorted", "--out", a_file(t)], "is a file"),
+    ("sort an SAE with NaN weights", lambda w, t: ["sort", sae_with_weight(w, t, float("nan")), "--order", "unsorted", "--out", t / "o"],
+     "tensor W_dec holds NaN or inf"),
     # export / import
     ("export --out over a progsae SAE", lambda w, t: ["export", w.sae, "--to", "saelens", "--out", copy(w.sae, t / "other")],
      "already holds a training run"),
@@ -230,6 +236,12 @@ CASES: list[tuple[str, Argv, str]] = [
     ("train --aux-coef -1", lambda w, t: ["train", "--acts", w.store, *TINY_TRAIN, "--aux-coef", "-1", "--out", t / "o"], "must be non-negative"),
     ("train --latents abc", lambda w, t: ["train", "--acts", w.store, "--latents", "abc", "--out", t / "o"], "invalid int value: 'abc'"),
     ("train --resume --overwrite", lambda w, t: ["train", "--acts", w.store, *TINY_TRAIN, "--resume", "--overwrite", "--out", t / "o"], "not both"),
+    ("train --config is a list", lambda w, t: ["train", "--acts", w.store, "--config", config_file(t, "[1]"), "--out", t / "o"],
+     "expected a JSON object, got a list"),
+    ("train --config is random bytes", lambda w, t: ["train", "--acts", w.store, "--config", config_file(t, RANDOM_BYTES), "--out", t / "o"],
+     "not valid JSON"),
+    ("train --config nested 100000 deep", lambda w, t: ["train", "--acts", w.store, "--config", config_file(t, DEEP), "--out", t / "o"],
+     "nested too deeply"),
     # train: hostile stores
     ("meta.json is a list", lambda w, t: ["train", "--acts", store_with_meta(w, t, "[]"), *TINY_TRAIN, "--out", t / "o"], "got a list"),
     ("meta.json is a string", lambda w, t: ["train", "--acts", store_with_meta(w, t, '"store"'), *TINY_TRAIN, "--out", t / "o"], "got a string"),
@@ -273,6 +285,12 @@ CASES: list[tuple[str, Argv, str]] = [
     ("inf in the test split read by eval --keep-outliers", lambda w, t: ["eval", w.sae, "--acts", store_with_shard(w, t, "test", nan_row(11, float("inf"))),
                                                                          "--metrics", "recon", "--keep-outliers", "--out", t / "r.json"],
      "row 11 holds NaN or inf"),
+    ("eval --max-tokens -1", lambda w, t: ["eval", w.sae, "--acts", w.store, "--metrics", "recon", "--max-tokens", "-1", "--out", t / "r.json"],
+     "--max-tokens must be positive"),
+    ("eval --rsa-tokens 0", lambda w, t: ["eval", w.sae, "--acts", w.store, "--metrics", "rsa", "--rsa-tokens", "0", "--out", t / "r.json"],
+     "--rsa-tokens must be positive"),
+    ("eval --bands 5-2", lambda w, t: ["eval", w.sae, "--acts", w.store, "--metrics", "interp", "--bands", "5-2", "--out", t / "r.json"],
+     "--bands must be LO-HI ranges"),
     ("eval shard header length past the end", lambda w, t: ["eval", w.sae, "--acts", store_with_shard(w, t, "test", overflowing_header),
                                                             "--metrics", "recon", "--out", t / "r.json"], "corrupt safetensors header"),
     # importance
@@ -284,6 +302,8 @@ CASES: list[tuple[str, Argv, str]] = [
                                                            "--figure", a_file(t, "fig.png")], "already exists; choose another --figure"),
     ("importance --out inside the SAE over cfg.json", lambda w, t: ["importance", copy(w.sae, t / "s"), "--acts", w.store,
                                                                     "--out", t / "s" / "cfg.json", "--overwrite"], "would replace a part of the input"),
+    ("importance --fit-range 0.9 0.1", lambda w, t: ["importance", w.sae, "--acts", w.store, "--fit-range", "0.9", "0.1", "--out", t / "i.json"],
+     "--fit-range must be two fractions"),
     ("importance --bootstrap -1", lambda w, t: ["importance", w.sae, "--acts", w.store, "--bootstrap", "-1", "--out", t / "i.json"],
      "--bootstrap must be 0 or more"),
     # reproduce

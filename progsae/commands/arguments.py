@@ -37,6 +37,16 @@ def add_overwrite_argument(p: argparse.ArgumentParser, what: str = "--out") -> N
                    help=f"replace what {what} holds (only progsae outputs are ever replaced; without it another job's output is refused)")
 
 
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a zero, negative or NaN value of the named integer/float options (None means the default)."""
+    from progsae.errors import ProgsaeError
+
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise ProgsaeError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
 def comma_list(text: str) -> list[str]:
     """`a, b,c` -> ["a", "b", "c"] (empty items dropped)."""
     return [t.strip() for t in text.split(",") if t.strip()]

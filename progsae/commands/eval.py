@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import (add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, comma_list,
-                                        int_list, open_store)
+from progsae.commands.arguments import (add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, check_positive,
+                                        comma_list, int_list, open_store)
 from progsae.errors import ProgsaeError
 
 
@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     bad = [m for m in args.mode if m not in ("mask", "retopk")]
     if bad:
         raise ProgsaeError(f"unknown mode {bad} (use mask, retopk or mask,retopk)")
+    check_positive(args, "max_tokens", "ce_contexts", "ce_batch_size", "rsa_tokens", "interp_latents")
+    bad_bands = [b for b in args.bands or [] if not 0 <= b[0] < b[1]]
+    if bad_bands:
+        raise ProgsaeError(f"--bands must be LO-HI ranges with 0 <= LO < HI, got {bad_bands[0][0]}-{bad_bands[0][1]}")
     folders = parse_saes(args.saes)
     claim_file(args.out, overwrite=args.overwrite, inputs=(args.acts, *folders.values()),
                companions=(replicates_path(args.out), firing_path(args.out)))

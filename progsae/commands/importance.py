@@ -43,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.max_memory_mb > 0:
         raise ProgsaeError(f"--max-memory-mb must be positive, got {args.max_memory_mb}")
+    if args.fit_range is not None and not 0 <= args.fit_range[0] < args.fit_range[1] <= 1:
+        raise ProgsaeError(f"--fit-range must be two fractions 0 <= LO < HI <= 1, got {args.fit_range[0]:g} {args.fit_range[1]:g}")
     if args.bootstrap < 0:
         raise ProgsaeError(f"--bootstrap must be 0 or more resamples, got {args.bootstrap}")
     claim_file(args.out, overwrite=args.overwrite, inputs=(args.sae, args.acts))

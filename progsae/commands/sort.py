@@ -10,10 +10,8 @@ Example: progsae sort runs/vanilla --importance runs/importance.json --out runs/
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument, add_progress_argument
-from progsae.errors import ProgsaeError
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument
 from progsae.progressive.importance import ORDERINGS
 
 
@@ -24,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--acts", default=None, help="activation store to measure importance on when --importance is not given")
     p.add_argument("--seed", type=int, default=None, help="seed of --order random (default: the importance file's, else 0)")
     p.add_argument("--out", required=True, help="sorted SAE folder to write")
+    add_overwrite_argument(p)
     add_device_argument(p)
     add_progress_argument(p)
 
@@ -31,10 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from progsae.progressive.importance import importance
     from progsae.progressive.prune import sort_sae
+    from progsae.outputs import claim_folder
     from progsae.sae.io import load_sae
 
-    if (Path(args.out) / "cfg.json").exists():
-        raise ProgsaeError(f"{args.out}: already holds an SAE; choose another --out")
+    claim_folder(args.out, "sort", overwrite=args.overwrite, inputs=(args.sae, args.importance, args.acts))
     sae = load_sae(args.sae, device=args.device)
     imp = args.importance
     if imp is None and args.acts is not None and args.order in ("ef2", "freq", "mean"):

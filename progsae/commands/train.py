@@ -95,17 +95,12 @@ _FIELD_OF = {"latents": "n_latents", "no_normalize": "normalize_input", "shuffle
 
 def read_config_file(path: str) -> dict:
     """The training settings of a --config JSON file, checked by TrainConfig (unknown keys are refused by name)."""
-    import json
-    from pathlib import Path
+    from progsae.validation import read_json_object
 
     try:
-        raw = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ProgsaeError(f"--config {path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProgsaeError(f"--config {path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ProgsaeError(f"--config {path}: expected a JSON object of training settings")
+        raw = read_json_object(path, "JSON object of training settings")
+    except ProgsaeError as e:
+        raise ProgsaeError(f"--config {e}") from None
     try:
         TrainConfig.from_dict(raw)
     except TypeError as e:

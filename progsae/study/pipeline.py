@@ -119,9 +119,9 @@ def run_streamed_train(ctx: RunContext) -> dict:
         for name, spec in sae_specs(cfg).items():
             folder = ctx.path(seed_dir(seed), "saes", name)
             if not (folder / "cfg.json").exists():
-                train_cfg = TrainConfig(arch=t.arch, k=t.k, tokens=1, batch_size=t.batch_size, lr=t.lr, seed=seed,  # tokens: one pass
+                train_cfg = TrainConfig(arch=t.arch, tokens=1, batch_size=t.batch_size, lr=t.lr, seed=seed,  # tokens: one pass
                                         aux_coef=t.aux_coef, dead_window=t.dead_window, device=cfg.device,
-                                        buffer_bytes=int(t.shuffle_buffer_gb * 2**30), keep_checkpoint=False, **spec)
+                                        buffer_bytes=int(t.shuffle_buffer_gb * 2**30), keep_checkpoint=False, **{"k": t.k, **spec})
                 jobs.append(StreamJob(folder, train_cfg, cfg.data.hook))
     if jobs:
         stream_train(replace(cfg.data, device=cfg.device), jobs, store_path(ctx), outlier_factor=cfg.outlier_factor,
