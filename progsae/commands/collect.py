@@ -13,7 +13,6 @@ Example: progsae collect --model smollm2 --hook resid_post.14 --corpus embedded 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument, add_source_arguments, source_config
 from progsae.data.collect import CollectConfig
@@ -43,17 +42,16 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     cfg = source_config(args, tokens=args.tokens, batch_size=args.batch_size, seed=args.seed, device=args.device,
                         shard_tokens=args.shard_tokens)
-    checked = replace(cfg)  # validated apart: collect records the hook names as typed (another tool's names) beside progsae's
-    checked.validate()
+    cfg.validate()  # before claiming --out; the names as typed stay recorded for meta.json (CollectConfig.validate)
     from progsae.data.collect import store_folders
     from progsae.data.outliers import describe
 
-    for folder in store_folders(checked, args.out).values():
+    for folder in store_folders(cfg, args.out).values():
         claim_folder(folder, "collect", overwrite=args.overwrite, resumable=("activation store",))
     collect(cfg, args.out, progress=not args.no_progress)
     from progsae.data.store import ActivationStore
 
-    for hook, out in store_folders(checked, args.out).items():
+    for hook, out in store_folders(cfg, args.out).items():
         store = ActivationStore(out)
         counts = ", ".join(f"{store.stored_tokens(s)} {s}" for s in ("train", "validation", "test") if store.has_split(s))
         print(f"wrote {out}: {counts} activations of {cfg.model} {hook} (d_model {store.d_model})")
