@@ -9,6 +9,7 @@ import sys
 
 from progsae import __version__
 from progsae.errors import ProgsaeError
+from progsae.outputs import release_all
 
 # verb -> one-line help; the verb's module is progsae.commands.<verb> with add_arguments(p) and run(args) -> int
 VERBS: dict[str, str] = {
@@ -26,12 +27,19 @@ VERBS: dict[str, str] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """A bad argument is one line on stderr (exit 2), like every other bad input; --help shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _verb_module(verb: str):
     return importlib.import_module(f"progsae.commands.{verb}")
 
 
 def build_parser(verbs: list[str] | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="progsae", description="Progressive coding of sparse autoencoders.")
+    parser = _OneLineParser(prog="progsae", description="Progressive coding of sparse autoencoders.")
     parser.add_argument("--version", action="version", version=f"progsae {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     for verb, help_text in VERBS.items():
@@ -57,16 +65,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.verb is None:
         parser.print_help()
         return 2
+    rc = 1
     try:
-        return int(_verb_module(args.verb).run(args) or 0)
+        rc = int(_verb_module(args.verb).run(args) or 0)
+        return rc
     except ProgsaeError as e:
         print(f"progsae {args.verb}: error: {e}", file=sys.stderr)
-        return 2
+        rc = 2
+        return rc
     except KeyboardInterrupt:
         print(f"progsae {args.verb}: interrupted; finished work is saved, re-run the same command to resume", file=sys.stderr)
-        return 130
+        rc = 130
+        return rc
     except BrokenPipeError:
         os._exit(1)
+    except OSError as e:  # what no check can foresee: a disk that fills, a permission that changes mid-run
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"progsae {args.verb}: error: {where}{e.strerror or e}", file=sys.stderr)
+        rc = 2
+        return rc
+    finally:
+        release_all(failed=rc != 0)  # the output locks this verb took
 
 
 if __name__ == "__main__":

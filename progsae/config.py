@@ -13,6 +13,7 @@ from typing import Any
 from progsae.data.collect import CollectConfig
 from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR
 from progsae.errors import ProgsaeError
+from progsae.validation import from_json_dict, read_json_object
 
 PRESETS = ("embedded", "quick", "quick-k", "paper")
 
@@ -92,21 +93,17 @@ class StudyConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> "StudyConfig":
         def build(kind, values, where):
-            if not isinstance(values, dict):
-                raise ProgsaeError(f"{source}: section '{where}' must be an object")
-            names = {f.name for f in dataclasses.fields(kind)}
-            unknown = sorted(set(values) - names)
-            if unknown:
-                raise ProgsaeError(f"{source}: unknown keys {unknown} in '{where}' (known: {sorted(names)})")
-            return kind(**values)
+            return from_json_dict(kind, values, source, where)
 
+        if not isinstance(d, dict):
+            raise ProgsaeError(f"{source}: a study config is a JSON object, got {type(d).__name__}")
         d = dict(d)
-        if "device" in d.get("data", {}):
+        if isinstance(d.get("data"), dict) and "device" in d["data"]:
             raise ProgsaeError(f"{source}: set 'device' at the top level, where it applies to every stage, not in 'data'")
         parts = {"data": CollectConfig, "train": TrainStudyConfig, "eval": EvalConfig}
         for key, kind in parts.items():
             d[key] = build(kind, d.get(key, {}), key)
-        cfg = build(cls, d, "top level")
+        cfg = build(cls, d, "")
         cfg.validate(source)
         return cfg
 
@@ -115,6 +112,10 @@ class StudyConfig:
             self.data.validate()
         except ProgsaeError as e:
             raise ProgsaeError(f"{source}: data: {e}") from None
+        if len(self.data.hooks) != 1:
+            raise ProgsaeError(f"{source}: data.hook: a study reads one hook site, got {self.data.hook}")
+        if self.data.stream and (self.train.epochs != int(self.train.epochs) or self.train.epochs < 1):
+            raise ProgsaeError(f"{source}: with data.stream, train.epochs counts passes of the model over the corpus: a whole number, got {self.train.epochs:g}")
         g = self.train.granularities
         if not g or any(b <= a for a, b in zip(g, g[1:])):
             raise ProgsaeError(f"{source}: train.granularities must strictly increase, got {g}")
@@ -155,10 +156,6 @@ def preset_path(name: str) -> Path:
 def load_study_config(path: str | Path | None = None, preset: str | None = None) -> StudyConfig:
     """A study config from a JSON file, else from a named preset (default: embedded)."""
     p = Path(path) if path else preset_path(preset or "embedded")
-    try:
-        raw = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ProgsaeError(f"{p}: no such config file") from None
-    except json.JSONDecodeError as e:
-        raise ProgsaeError(f"{p}: not valid JSON ({e})") from None
-    return StudyConfig.from_dict(raw, source=str(p))
+    if not p.exists():
+        raise ProgsaeError(f"{p}: no such config file")
+    return StudyConfig.from_dict(read_json_object(p, "study config"), source=str(p))

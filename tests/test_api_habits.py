@@ -104,5 +104,7 @@ def test_spliced_is_what_the_lm_loss_eval_measures(tiny_model_dirs):
         torch.testing.assert_close(logits[:, 0], clean[:, 0])  # BOS keeps its activation
         lse, tgt, _ = position_stats(logits, ids_BT)
         ce_by_hand = float((lse - tgt).sum() / lse.numel())
-        (rec,) = evaluate_lm_loss(model, site, [ids_BT], [Variant.of(sae, "sae")], torch.zeros(d))
+        steps: list[float] = []
+        (rec,) = evaluate_lm_loss(model, site, [ids_BT], [Variant.of(sae, "sae")], torch.zeros(d), progress=steps.append)
     assert rec.ce_sae == pytest.approx(ce_by_hand, rel=1e-5)
+    assert len(steps) == 4 and sum(steps) == pytest.approx(3)  # the bar moves per forward (clean, zero, mean, SAE), in contexts

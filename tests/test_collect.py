@@ -150,7 +150,7 @@ def test_cli_collect_and_its_one_line_errors(tmp_path, tiny_gpt_neox, loaded, co
     api = collect(small_cfg(tiny_gpt_neox, "mlp_out.2", corpus_file), tmp_path / "api", model=model, tokenizer=tok, progress=False)
     assert _store_files(tmp_path / "cli") == _store_files(api)
     for bad, needle in [(["--hook", "resid_mid.1"], "valid sites"), (["--hook", "resid_post.9"], "out of range"),
-                        (["--model", str(tmp_path / "nope")], "cannot load model")]:
+                        (["--model", str(tmp_path / "nope")], "nope: no such model folder")]:
         capsys.readouterr()
         assert cli_main(args + bad + ["--out", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip()

@@ -108,3 +108,38 @@ def test_quick_preset_writes_every_file_with_the_schema(quick_run):
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["seeds"] == [0, 1] and prov["torch"].startswith("2.") and set(prov["rows_dropped"]) == {"train", "validation", "test"}
     assert all(len(c or "") >= 40 for c in prov["stage_commits"].values() if c is not None)
+
+
+@pytest.fixture(scope="module")
+def streamed_quick_run(tmp_path_factory):
+    """The quick preset with data.stream: true (every SAE from one stream of the model, no train rows stored)."""
+    from progsae.config import preset_path
+
+    root = tmp_path_factory.mktemp("quick-stream")
+    cfg = json.loads(preset_path("quick").read_text())
+    cfg["data"]["stream"] = True
+    (root / "quick-stream.json").write_text(json.dumps(cfg))
+    assert main(["reproduce", "--config", str(root / "quick-stream.json"), "--out", str(root / "run"), "--no-progress"]) == 0
+    return root / "run"
+
+
+def test_streamed_quick_run_stores_no_train_rows_and_judges_like_the_cached_run(streamed_quick_run, quick_run):
+    out, cached = streamed_quick_run, quick_run[0]
+    assert not list(out.rglob("train-*.safetensors")) and list(cached.rglob("train-*.safetensors"))
+    assert sorted(json.loads((out / "acts" / "meta.json").read_text())["splits"]) == ["test", "validation"]
+    assert json.loads((out / "stages" / "train.json").read_text())["streamed"] is True
+    prov = json.loads((out / "seed-1" / "saes" / "matryoshka-1024" / "cfg.json").read_text())["provenance"]
+    assert prov["stream"]["epochs"] == 3 and prov["outlier_rule"]["reference_split"] == "validation" and prov["steps"] > 100
+    records, reference = (json.loads((d / "results.json").read_text()) for d in (out, cached))
+    key = lambda r: (r["seed"], r["method"], r["size"], r["mode"])  # noqa: E731
+    assert sorted(map(key, records)) == sorted(map(key, reference))
+    ref = {key(r): r for r in reference}
+    for r in records:  # every interval the cached run reports, the streamed run reports too
+        assert {k for k, v in r.items() if k.endswith("_ci") and v is not None} == {k for k, v in ref[key(r)].items() if k.endswith("_ci") and v is not None}
+        if r["mode"] == "full" and r["method"] == "vanilla" and not r.get("full_size_copy"):
+            assert abs(r["fvu"] - ref[key(r)]["fvu"]) < 0.1, key(r)
+    findings, cached_findings = (json.loads((d / "findings.json").read_text()) for d in (out, cached))
+    assert [f["claim"] for f in findings] == [f["claim"] for f in cached_findings]
+    for f, g in zip(findings, cached_findings):  # the same comparisons, counted the same way
+        assert [(c.get("label"), c.get("seed"), c.get("metric")) for c in f["comparisons"]] == \
+               [(c.get("label"), c.get("seed"), c.get("metric")) for c in g["comparisons"]]

@@ -229,9 +229,11 @@ def test_nan_batch_is_refused(tmp_path):
     bad = torch.randn(512, 8)
     bad[100, 3] = float("nan")
     save_file({"acts": bad}, str(path / "train-00001.safetensors"))
-    with pytest.raises(ProgsaeError, match="batch .* contains NaN") as e:  # a sparse init sample misses row 612
-        train_sae(path, tmp_path / "out", small_cfg(n_latents=16, steps=20, batch_size=64, init_sample=64), progress=False)
+    cfg = small_cfg(n_latents=16, steps=20, batch_size=64, init_sample=64)
+    with pytest.raises(ProgsaeError, match=r"train-00001.safetensors: row 100 holds NaN or inf") as e:  # refused as the store is read, not mid-run
+        train_sae(path, tmp_path / "out", cfg, progress=False)
     assert "\n" not in str(e.value)
+
 
 
 def test_float16_overflow_is_refused_when_collected(tmp_path):

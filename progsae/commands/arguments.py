@@ -1,4 +1,4 @@
-"""Arguments several verbs share: comma-separated lists, the device, the outlier rule."""
+"""Arguments several verbs share: comma-separated lists, the device, the outlier rule, what to collect or stream."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ def add_device_argument(p: argparse.ArgumentParser, default: str | None = "cpu")
 def add_progress_argument(p: argparse.ArgumentParser) -> None:
     """--no-progress, also spelled --quiet: every verb with a progress bar takes both."""
     p.add_argument("--no-progress", "--quiet", dest="no_progress", action="store_true", help="no progress bars")
+
+
+def add_overwrite_argument(p: argparse.ArgumentParser, what: str = "--out") -> None:
+    """--overwrite: every verb that writes refuses a target holding another job's output unless given it."""
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace what {what} holds (only progsae outputs are ever replaced; without it another job's output is refused)")
 
 
 def comma_list(text: str) -> list[str]:
@@ -106,3 +112,54 @@ def add_wandb_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wandb", metavar="PROJECT", default=None,
                    help="also log the training metrics and feature densities to this Weights & Biases project "
                         "(needs pip install 'progsae[wandb]'; WANDB_MODE=offline writes the run under the SAE folder)")
+
+
+def add_source_arguments(p: argparse.ArgumentParser, model_default: str | None) -> None:
+    """Model, hook(s), corpus, held-out sizes, contexts and document split: what `collect` stores and a streamed `train` reads."""
+    from progsae.data.collect import STORAGE_DTYPES, CollectConfig
+
+    d = CollectConfig()
+    shown = f"default {model_default}" if model_default else "streams from this model instead of reading --acts"
+    p.add_argument("--model", default=model_default, help=f"model name, hub id or folder ({shown})")
+    p.add_argument("--hook", default=d.hook, help=f"hook site, e.g. resid_post.14, or several (resid_post.6,resid_post.14: one forward, "
+                   "one store or SAE per hook); TransformerLens (blocks.14.hook_resid_post), module-path (layers.14) "
+                   f"and dictionary_learning (resid_post_layer_14) names are accepted (default {d.hook})")
+    p.add_argument("--corpus", default=d.corpus, help=f"text source (default {d.corpus})")
+    p.add_argument("--test-tokens", type=int, default=d.test_tokens, help=f"held-out activations to store (default {d.test_tokens})")
+    p.add_argument("--validation-tokens", type=int, default=None,
+                   help="activations of the validation split, which orderings and other data-driven choices read (default: as many as --test-tokens)")
+    p.add_argument("--context-length", type=int, default=d.context_length, help=f"tokens per context (default {d.context_length})")
+    p.add_argument("--storage-dtype", default=None, choices=STORAGE_DTYPES,
+                   help=f"dtype the activations are stored in (default {d.storage_dtype}; float16 halves the disk use)")
+    p.add_argument("--dtype", dest="old_dtype", default=None, choices=STORAGE_DTYPES, help=argparse.SUPPRESS)  # deprecated: --storage-dtype
+    p.add_argument("--first-position", type=int, default=d.first_position,
+                   help="first stored position of each context (default 1: leave out BOS / the first token)")
+    p.add_argument("--test-fraction", type=float, default=None,
+                   help="share of documents in the test split (default: tokens ratio, clipped to 0.02..0.4)")
+    p.add_argument("--validation-fraction", type=float, default=None,
+                   help="share of documents in the validation split (default: tokens ratio, clipped to 0.02..0.4)")
+    p.add_argument("--text-field", default=d.text_field, help="text field of .jsonl files and datasets (default text)")
+    p.add_argument("--dataset-config", default=None, help="Hugging Face dataset config name")
+    p.add_argument("--dataset-split", default=d.dataset_split, help="Hugging Face dataset split (default train)")
+
+
+def source_config(args: argparse.Namespace, *, tokens: int, batch_size: int, seed: int, device: str, **extra):
+    """The CollectConfig of the arguments `add_source_arguments` defined (plus the verb's own names for the rest)."""
+    import sys
+
+    from progsae.data.collect import CollectConfig
+    from progsae.errors import ProgsaeError
+
+    storage_dtype = args.storage_dtype
+    if args.old_dtype is not None:
+        if storage_dtype is not None and storage_dtype != args.old_dtype:
+            raise ProgsaeError(f"--dtype {args.old_dtype} and --storage-dtype {storage_dtype} disagree; give --storage-dtype only")
+        print("progsae: --dtype is deprecated (in Hugging Face it is the model's dtype); it sets --storage-dtype", file=sys.stderr)
+        storage_dtype = args.old_dtype
+    return CollectConfig(
+        model=args.model, hook=args.hook, corpus=args.corpus, tokens=tokens, test_tokens=args.test_tokens,
+        context_length=args.context_length, batch_size=batch_size, storage_dtype=storage_dtype or CollectConfig().storage_dtype,
+        first_position=args.first_position, seed=seed, test_fraction=args.test_fraction,
+        validation_tokens=args.validation_tokens, validation_fraction=args.validation_fraction,
+        device=device, text_field=args.text_field, dataset_config=args.dataset_config, dataset_split=args.dataset_split, **extra,
+    )

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument, add_outlier_arguments, add_progress_argument, comma_list, int_list, open_store
+from progsae.commands.arguments import (add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, comma_list,
+                                        int_list, open_store)
 from progsae.errors import ProgsaeError
 
 
@@ -32,6 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("saes", nargs="+", metavar="SAE", help="SAE folders, optionally NAME=FOLDER")
     p.add_argument("--acts", required=True, help="activation store (its test split is held out)")
     p.add_argument("--out", default="results.json", help="results JSON (default results.json)")
+    add_overwrite_argument(p)
     p.add_argument("--sizes", type=int_list, default=None, help="comma-separated sizes G (default: each SAE as it is)")
     p.add_argument("--mode", type=comma_list, default=["mask"], help="mask, retopk or mask,retopk (default mask)")
     p.add_argument("--metrics", type=comma_list, default=["recon", "ce", "rsa", "interp"], help="subset of recon,ce,rsa,interp (default all)")
@@ -72,15 +74,19 @@ def run(args: argparse.Namespace) -> int:
     from progsae.evals.interp.score import InterpConfig
     from progsae.evals.lm_loss import LMLossConfig
     from progsae.evals.reconstruction import ReconstructionConfig
-    from progsae.evals.runner import EvalRunConfig, format_table, run_evals
+    from progsae.evals.runner import EvalRunConfig, firing_path, format_table, replicates_path, run_evals
     from progsae.evals.similarity import SimilarityConfig
+    from progsae.outputs import claim_file
     from progsae.sae.io import load_sae
 
     bad = [m for m in args.mode if m not in ("mask", "retopk")]
     if bad:
         raise ProgsaeError(f"unknown mode {bad} (use mask, retopk or mask,retopk)")
+    folders = parse_saes(args.saes)
+    claim_file(args.out, overwrite=args.overwrite, inputs=(args.acts, *folders.values()),
+               companions=(replicates_path(args.out), firing_path(args.out)))
     store = open_store(args, (args.split,))
-    saes = {name: load_sae(folder, device=args.device) for name, folder in parse_saes(args.saes).items()}
+    saes = {name: load_sae(folder, device=args.device) for name, folder in folders.items()}
     cfg = EvalRunConfig(
         metrics=args.metrics,
         sizes=args.sizes,

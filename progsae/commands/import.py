@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from progsae.commands.arguments import add_device_argument
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument
 from progsae.errors import ProgsaeError
 
 
@@ -23,15 +23,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-hub", metavar="OWNER/REPO[/PATH]", help="download this folder of a Hugging Face Hub repo instead (network)")
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit for --from-hub")
     p.add_argument("--out", required=True, help="progsae SAE folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an SAE already at --out")
+    add_overwrite_argument(p)
     add_device_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from progsae.interop import detect_format, import_sae
+    from progsae.outputs import claim_folder
 
     if bool(args.path) == bool(args.from_hub):
         raise ProgsaeError("give either a local PATH or --from-hub OWNER/REPO/PATH (exactly one)")
+    claim_folder(args.out, "import", overwrite=args.overwrite, inputs=(args.path,))
     src = args.path
     if args.from_hub:
         from progsae.interop.hub import fetch
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         src = fetch(args.from_hub, revision=args.revision)
     fmt = detect_format(src)
     hub = {"source_hub": {"spec": args.from_hub, "revision": args.revision}} if args.from_hub else None
-    sae = import_sae(src, args.out, device=args.device, overwrite=args.overwrite, provenance=hub)
+    sae = import_sae(src, args.out, device=args.device, overwrite=True, provenance=hub)  # the claim decided what --out may hold
     cfg = sae.cfg
     extra = f", k={cfg.k}" if cfg.k is not None else ""
     extra += f", prefixes={cfg.prefixes}" if cfg.prefixes else ""

@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument, add_outlier_arguments, add_progress_argument, open_store, report_outliers
+from progsae.commands.arguments import (add_device_argument, add_outlier_arguments, add_overwrite_argument, add_progress_argument, open_store,
+                                        report_outliers)
 from progsae.errors import ProgsaeError
 
 
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None,
                    help="store split to measure on (default: validation, else train; never test, whose rows the evals score)")
     p.add_argument("--out", required=True, help="importance JSON file to write")
+    add_overwrite_argument(p, "--out and --figure")
     add_outlier_arguments(p)
     p.add_argument("--figure", default=None, help="power-law PNG to write (default: OUT with .png; 'none' to skip)")
     p.add_argument("--statistic", default="ef2", choices=["ef2", "freq", "mean"], help="importance the power law is fitted to")
@@ -35,11 +37,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from progsae.progressive.importance import importance
+    from progsae.outputs import claim_file
     from progsae.progressive.power_law import PowerLawSettings, fit_power_law
     from progsae.sae.io import load_sae
 
-    if args.max_memory_mb <= 0:
+    if not args.max_memory_mb > 0:
         raise ProgsaeError(f"--max-memory-mb must be positive, got {args.max_memory_mb}")
+    if args.bootstrap < 0:
+        raise ProgsaeError(f"--bootstrap must be 0 or more resamples, got {args.bootstrap}")
+    claim_file(args.out, overwrite=args.overwrite, inputs=(args.sae, args.acts))
+    if (args.figure or "").lower() != "none":
+        claim_file(args.figure or Path(args.out).with_suffix(".png"), overwrite=args.overwrite, what="--figure", inputs=(args.sae, args.acts))
     sae = load_sae(args.sae, device=args.device)
     store = open_store(args)
     split = args.split or store.choice_split()

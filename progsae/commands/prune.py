@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from progsae.commands.arguments import add_device_argument
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument
 from progsae.progressive.prune import MODES, PRUNE_ORDERS
 
 
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="store split for --acts (default validation, else train)")
     p.add_argument("--seed", type=int, default=None, help="seed of --order random (default: the importance file's, else 0)")
     p.add_argument("--out", required=True, help="output SAE folder")
+    add_overwrite_argument(p)
     add_device_argument(p)
 
 
@@ -36,11 +37,13 @@ def run(args: argparse.Namespace) -> int:
     from progsae.errors import ProgsaeError
     from progsae.progressive.importance import importance
     from progsae.progressive.prune import prune
+    from progsae.outputs import claim_folder
     from progsae.progressive.sparsity import at_k
     from progsae.sae.io import load_sae
 
     if args.size is None and args.k is None:
         raise ProgsaeError("give --size G, --k K or both")
+    claim_folder(args.out, "prune", overwrite=args.overwrite, inputs=(args.sae, args.importance, args.acts))
     sae = load_sae(args.sae, device=args.device)
     out = sae
     if args.size is not None:  # first: an importance file belongs to the parent's exact tensors

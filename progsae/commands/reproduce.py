@@ -11,9 +11,8 @@ Examples:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from progsae.commands.arguments import add_device_argument, add_progress_argument, add_wandb_argument
+from progsae.commands.arguments import add_device_argument, add_overwrite_argument, add_progress_argument, add_wandb_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a study config JSON (see progsae/presets/*.json)")
     p.add_argument("--preset", choices=PRESETS, default=None, help="a built-in study (default: embedded)")
     p.add_argument("--out", required=True, help="run folder; re-running with the same folder resumes")
+    add_overwrite_argument(p)
     p.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (repeatable)")
     p.add_argument("--until", metavar="STAGE", help="stop after this stage (e.g. collect, then train with torchrun)")
     add_device_argument(p, None)
@@ -33,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from progsae.config import load_study_config
     from progsae.device import resolve_device
     from progsae.errors import ProgsaeError
+    from progsae.outputs import claim_folder
     from progsae.sae.io import atomic_write_json
     from progsae.study.pipeline import STAGES, timings
     from progsae.study.stages import RunContext, run_stages
@@ -48,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.device:
         cfg.device = args.device
     resolve_device(cfg.device)  # checked here, not when the config loads: the paper preset names cuda
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(args.out, "reproduce", overwrite=args.overwrite, resumable=("study run",), inputs=(args.config,))
     atomic_write_json(out / "config.json", cfg.to_dict())
     ctx = RunContext(cfg, out, progress=not args.no_progress, wandb=args.wandb)
     stages = STAGES[: names.index(args.until) + 1] if args.until else STAGES

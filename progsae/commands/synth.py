@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 
+from progsae.commands.arguments import add_overwrite_argument
 from progsae.data.synthetic import SyntheticSpec, make_synthetic
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = SyntheticSpec()
     p.add_argument("--out", required=True, help="store folder to create")
+    add_overwrite_argument(p)
     p.add_argument("--d-model", type=int, default=d.d_model, help=f"activation width (default {d.d_model})")
     p.add_argument("--features", type=int, default=d.n_features, help=f"planted features (default {d.n_features})")
     p.add_argument("--tokens", type=int, default=d.tokens, help=f"train tokens (default {d.tokens})")
@@ -32,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from progsae.outputs import claim_folder
+
+    claim_folder(args.out, "synth", overwrite=args.overwrite)
     out = make_synthetic(
         args.out,
         d_model=args.d_model,

@@ -11,7 +11,7 @@ module's input or output, for Llama-, Gemma(2)-, GPT-2- and GPT-NeoX-style modul
                 (Gemma2/3, OLMo2: `post_feedforward_layernorm`), the site is that norm's output.
 
 `HookSite.add_hook(fn)` lets callers read or replace the activation; `capture` runs the model only as
-far as the site and returns the activation.
+far as the site and returns the activation, `capture_many` does so for several sites in one forward.
 """
 
 from __future__ import annotations
@@ -175,20 +175,34 @@ def capture(
     model: nn.Module, site: HookSite, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Activations [B, L, D] at `site`, running the model only as far as the site."""
-    captured: list[torch.Tensor] = []
+    return capture_many(model, [site], input_ids, attention_mask)[site.name]
 
-    def grab(acts: torch.Tensor):
-        captured.append(acts)
-        raise _StopForward
 
-    handle = site.add_hook(grab)
+def capture_many(
+    model: nn.Module, sites: list[HookSite], input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Activations [B, L, D] at every site (by name) from one forward that stops once the last of them is reached."""
+    captured: dict[str, torch.Tensor] = {}
+    wanted = {s.name for s in sites}
+
+    def grabber(name: str) -> ActFn:
+        def grab(acts: torch.Tensor):
+            captured[name] = acts
+            if wanted <= captured.keys():  # the deepest site: nothing after it is needed
+                raise _StopForward
+
+        return grab
+
+    handles = [s.add_hook(grabber(s.name)) for s in sites]
     try:
         with torch.no_grad(), model_autocast(input_ids.device):  # bf16 on CUDA
             model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     except _StopForward:
         pass
     finally:
-        handle.remove()
-    if not captured:
-        raise ProgsaeError(f"hook site {site.name} was never reached in the forward of {type(model).__name__}")
-    return captured[0]
+        for h in handles:
+            h.remove()
+    missing = sorted(wanted - captured.keys())
+    if missing:
+        raise ProgsaeError(f"hook site {missing[0]} was never reached in the forward of {type(model).__name__}")
+    return captured

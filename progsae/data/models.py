@@ -79,10 +79,17 @@ def embedded_model_folder() -> Path:
     return target
 
 
+def looks_like_path(name: str) -> bool:
+    """A hub id is NAME or OWNER/NAME; `./x`, `/x`, `~/x` or a deeper a/b/c can only be a local folder."""
+    return name.startswith((".", "/", "~", "\\")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve_model_path(name_or_path: str) -> str:
     """What to hand to from_pretrained: the cached embedded folder, a local folder, or a hub id."""
     if name_or_path == EMBEDDED_MODEL:
         return str(embedded_model_folder())
+    if looks_like_path(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ProgsaeError(f"{name_or_path}: no such model folder")
     return name_or_path
 
 

@@ -16,6 +16,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 DEFAULT_OUTLIER_FACTOR = 5.0
 
@@ -34,6 +35,15 @@ class OutlierRule:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "threshold": self.threshold}
+
+    def keep(self, norms_T):
+        """Which rows survive [T] bool (numpy or torch, like norms_T); non-finite norms are kept so that readers refuse them by name."""
+        return ~(norms_T > self.threshold)
+
+
+def row_norms(x_TD: torch.Tensor) -> torch.Tensor:
+    """‖x‖ of each row [T] in float32, summed in float64: the one norm a store's readers and the stream both apply the rule to."""
+    return x_TD.double().pow(2).sum(-1).sqrt().float()
 
 
 def outlier_summary(store, split: str) -> dict:

@@ -14,8 +14,6 @@ reader of the store (see `progsae.data.outliers`). The store on disk keeps every
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR, OutlierRule, outlier_summary
+from progsae.data.outliers import DEFAULT_OUTLIER_FACTOR, OutlierRule, outlier_summary, row_norms
 from progsae.errors import ProgsaeError
 from progsae.sae.io import atomic_save_safetensors, atomic_write_json
+from progsae.validation import first_nonfinite, read_json_object, safetensors_header
 
 META_FILE = "meta.json"
 CONTEXT_BLOCK = 128  # rows per sampling/bootstrap unit of a store without contexts
@@ -40,17 +39,10 @@ def shard_name(split: str, index: int) -> str:
 
 def mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
     """Memory-map every tensor of a safetensors file as a read-only numpy array (no copy, no RAM)."""
-    try:
-        with open(path, "rb") as f:
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(header_len))
-        size = path.stat().st_size
-    except FileNotFoundError:
-        raise ProgsaeError(f"{path}: shard listed in meta.json is missing") from None
-    except (struct.error, json.JSONDecodeError, UnicodeDecodeError):
-        raise ProgsaeError(f"{path}: corrupt shard (bad safetensors header)") from None
+    if not path.exists():
+        raise ProgsaeError(f"{path}: shard listed in meta.json is missing")
+    base, header = safetensors_header(path)
     out = {}
-    base = 8 + header_len
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -58,16 +50,54 @@ def mmap_safetensors(path: Path) -> dict[str, np.ndarray]:
         if dtype is None:
             raise ProgsaeError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
         start, end = info["data_offsets"]
-        if base + end > size:
-            raise ProgsaeError(f"{path}: truncated shard ({size} bytes, header needs {base + end})")
         shape = tuple(info["shape"])
         out[name] = np.memmap(path, dtype=dtype, mode="r", offset=base + start, shape=shape) if end > start else np.zeros(shape, dtype)
     return out
 
 
+def check_rows_finite(rows_RD, shard: Path, row_ids: np.ndarray | int) -> None:
+    """Refuse stored rows holding NaN or inf, naming the shard and row (readers would report NaN metrics).
+
+    row_ids: the shard row of each of rows_RD, or the first one of a contiguous chunk."""
+    bad = first_nonfinite(rows_RD)
+    if bad is not None:
+        row = row_ids + bad[0] if isinstance(row_ids, int) else int(row_ids[bad[0]])
+        raise ProgsaeError(f"{shard}: row {row} holds NaN or inf; the store is corrupt (collect it again)")
+
+
 def as_tensor(arr: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A torch tensor of (part of) a memory-mapped array, read into memory."""
     return torch.from_numpy(np.array(arr)).to(dtype)
+
+
+def read_store_meta(meta_path: Path) -> dict:
+    """meta.json of a store, with every field readers rely on checked (types, shard names inside the folder)."""
+    meta = read_json_object(meta_path, "store meta.json")
+    if meta.get("format") != STORE_FORMAT:
+        raise ProgsaeError(f"{meta_path}: not a progsae activation store (no \"format\": \"{STORE_FORMAT}\")")
+    d = meta.get("d_model")
+    if not (isinstance(d, int) and not isinstance(d, bool) and d > 0):
+        raise ProgsaeError(f"{meta_path}: 'd_model' must be a positive integer, got {d!r}"[:200])
+    for key in ("context_length", "first_position"):
+        v = meta.get(key)
+        if v is not None and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ProgsaeError(f"{meta_path}: '{key}' must be a non-negative integer or null, got {v!r}"[:200])
+    splits = meta.get("splits")
+    if not isinstance(splits, dict):
+        raise ProgsaeError(f"{meta_path}: 'splits' must be an object of split records")
+    for split, rec in splits.items():
+        shards = rec.get("shards") if isinstance(rec, dict) else None
+        if not isinstance(shards, list):
+            raise ProgsaeError(f"{meta_path}: split '{split}' needs a list of 'shards'"[:200])
+        for i, sh in enumerate(shards):
+            ok = (isinstance(sh, dict) and set(sh) <= {"file", "tokens", "contexts"} and isinstance(sh.get("file"), str)
+                  and Path(sh["file"]).name == sh["file"] and sh["file"] not in ("", ".", "..")
+                  and all(isinstance(sh.get(k, 0), int) and not isinstance(sh.get(k, 0), bool) and sh.get(k, 0) >= 0
+                          for k in ("tokens", "contexts")) and "tokens" in sh)
+            if not ok:
+                raise ProgsaeError(f"{meta_path}: shard {i} of split '{split}' must be {{\"file\": NAME in the store, "
+                                   f"\"tokens\": N, \"contexts\": N}}"[:300])
+    return meta
 
 
 @dataclass
@@ -85,14 +115,9 @@ class ActivationStore:
         meta_path = self.path / META_FILE
         if not self.path.is_dir():
             raise ProgsaeError(f"{self.path}: no such activation store folder")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except FileNotFoundError:
-            raise ProgsaeError(f"{meta_path}: no such file (not an activation store)") from None
-        except json.JSONDecodeError as e:
-            raise ProgsaeError(f"{meta_path}: not valid JSON ({e})") from None
-        if self.meta.get("format") != STORE_FORMAT:
-            raise ProgsaeError(f"{meta_path}: not a progsae activation store")
+        if not meta_path.exists():
+            raise ProgsaeError(f"{meta_path}: no such file (not an activation store)")
+        self.meta = read_store_meta(meta_path)
         self.d_model: int = int(self.meta["d_model"])
         self.outlier_factor = outlier_factor  # None keeps every row
         self._norms: dict[tuple[str, int], np.ndarray] = {}
@@ -141,7 +166,7 @@ class ActivationStore:
         if key not in self._norms:
             out = np.empty(self.shards(split)[index].tokens, dtype=np.float32)
             for s0, part in self.read_chunks(split, index, self.summary_rows()):
-                out[s0 : s0 + part.shape[0]] = np.sqrt(np.einsum("ij,ij->i", part, part, dtype=np.float64))
+                out[s0 : s0 + part.shape[0]] = row_norms(torch.from_numpy(part)).numpy()
             self._norms[key] = out
         return self._norms[key]
 
@@ -167,7 +192,7 @@ class ActivationStore:
             return None
         key = (split, index)
         if key not in self._keep:  # read by every batch buffer and context chunk: computed once per shard
-            keep = ~(self.row_norms(split, index) > rule.threshold)
+            keep = rule.keep(self.row_norms(split, index))
             self._keep[key] = None if keep.all() else keep
         return self._keep[key]
 
@@ -232,7 +257,9 @@ class ActivationStore:
                     ok &= keep[np.minimum(rows, tokens - 1)]
                 rows, ctx, pos = rows[ok], ctx[ok], pos[ok]
                 if rows.shape[0]:
-                    yield as_tensor(acts[rows], dtype), ctx, pos
+                    x = as_tensor(acts[rows], dtype)
+                    check_rows_finite(x, self.path / infos[i].file, rows)
+                    yield x, ctx, pos
 
     def _contexts_by_shard(self, split: str, contexts: np.ndarray) -> Iterator[tuple[int, int, int, int]]:
         """(shard, lo, hi, first context of the shard) for each shard holding contexts[lo:hi] (sorted global indices)."""
@@ -272,7 +299,9 @@ class ActivationStore:
         del arr
         for s0 in range(0, rows, max_rows):
             count = min(max_rows, rows - s0)
-            yield s0, np.fromfile(filename, dtype=np_dtype, count=count * d, offset=base + s0 * d * itemsize).reshape(count, d)
+            part = np.fromfile(filename, dtype=np_dtype, count=count * d, offset=base + s0 * d * itemsize).reshape(count, d)
+            check_rows_finite(part, self.path / info.file, s0)
+            yield s0, part
 
     def summary_rows(self) -> int:
         """Rows per chunk for whole-split passes (norms, sums): about 512 KiB of float32."""
@@ -407,7 +436,7 @@ class StoreWriter:
         self.np_dtype = {"float32": torch.float32, "float16": torch.float16}[storage_dtype]
         meta_path = self.path / META_FILE
         if meta_path.exists():
-            self.meta = json.loads(meta_path.read_text())
+            self.meta = read_store_meta(meta_path)
             for key in ("model", "hook", "d_model", "context_length"):
                 if key in meta and self.meta.get(key) != meta.get(key):
                     raise ProgsaeError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,25 +15,21 @@ from progsae.errors import ProgsaeError
 from progsae.sae.base import SAE
 from progsae.sae.config import SAEConfig
 from progsae.sae.registry import sae_class
+from progsae.validation import read_json_object, safetensors_header
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
     """A JSON object from `path`, or a one-line error naming the file."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise ProgsaeError(f"{path}: no such file (a {what} folder needs it)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProgsaeError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict):
-        raise ProgsaeError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
+    if not Path(path).exists():
+        raise ProgsaeError(f"{path}: no such file (a {what} folder needs it)")
+    return read_json_object(path, f"{what} config")
 
 
 def read_safetensors(path: Path) -> dict[str, Tensor]:
     """All tensors of a safetensors file on CPU, or a one-line error naming the file."""
     if not Path(path).exists():
         raise ProgsaeError(f"{path}: no such file")
+    safetensors_header(path)  # sizes checked against the file before the library reads it
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:

@@ -9,7 +9,6 @@ code against its decoder row; for unit-norm decoders it changes nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from torch import Tensor
 
 from progsae.data.store import ActivationStore
 from progsae.errors import ProgsaeError
+from progsae.validation import read_json_object
 
 IMPORTANCE_FORMAT = "progsae-importance"
 STATISTICS = ("ef2", "freq", "mean")  # orderings by importance, most important first
@@ -148,15 +148,9 @@ class Importance:
     @classmethod
     def load(cls, path) -> "Importance":
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise ProgsaeError(f"{path}: no such importance file") from None
-        except IsADirectoryError:
-            raise ProgsaeError(f"{path}: is a folder, expected an importance JSON file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ProgsaeError(f"{path}: not valid JSON ({e})") from None
-        return cls.from_dict(raw, source=str(path))
+        if not path.exists():
+            raise ProgsaeError(f"{path}: no such importance file")
+        return cls.from_dict(read_json_object(path, "importance JSON file"), source=str(path))
 
 
 # ---- reading activations in bounded memory --------------------------------------------------

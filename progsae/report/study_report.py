@@ -68,9 +68,11 @@ def write_study_report(ctx) -> None:
         timing_rows += [[f"seed {seed}: {name}", s, (s / base) if (s and base) else None] for name, s in per_sae.items()]
     stage_line = ", ".join(f"{k} {v:.0f} s" for k, v in t["stages"].items() if v is not None)
     d = cfg.data
-    rule = "every row kept" if cfg.outlier_factor is None else f"rows above {cfg.outlier_factor:g}× the median train-row norm dropped"
+    ref = "validation" if d.stream else "train"  # a streamed run stores no train rows: its rule's median is validation's
+    rule = "every row kept" if cfg.outlier_factor is None else f"rows above {cfg.outlier_factor:g}× the median {ref}-row norm dropped"
     summary = [
-        f"Model `{d.model}`, hook `{d.hook}`, corpus `{d.corpus}`: {d.tokens:,} training, "
+        f"Model `{d.model}`, hook `{d.hook}`, corpus `{d.corpus}`: {d.tokens:,} training"
+        f"{' (streamed from the running model, every SAE from one pass, never stored)' if d.stream else ''}, "
         f"{d.resolved_validation_tokens:,} validation and {d.test_tokens:,} test tokens (context {d.context_length}); {rule}.",
         f"{cfg.train.arch} SAEs with k = {cfg.train.k}, n = {n}, granularities G ∈ {cfg.train.granularities}, "
         f"{cfg.train.epochs:g} epoch(s), batch {cfg.train.batch_size}, seeds {cfg.seeds}; pruning modes {cfg.eval.modes}.",

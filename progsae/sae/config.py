@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from progsae.errors import ProgsaeError
+from progsae.validation import from_json_dict
 
 FORMAT = "progsae-sae"
 FORMAT_VERSION = 1
@@ -42,14 +43,7 @@ class SAEConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "cfg.json") -> "SAEConfig":
         d = {k: v for k, v in d.items() if k not in ("format", "format_version")}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ProgsaeError(f"{source}: unknown config keys {unknown}")
-        for req in ("architecture", "d_in", "n_latents"):
-            if req not in d:
-                raise ProgsaeError(f"{source}: missing required key '{req}'")
-        cfg = cls(**d)
+        cfg = from_json_dict(cls, d, source)
         cfg.validate(source)
         return cfg
 

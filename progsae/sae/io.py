@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -12,9 +11,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from progsae.errors import ProgsaeError
+from progsae.outputs import follow_umask, new_temp_file
 from progsae.sae.base import SAE
 from progsae.sae.config import SAEConfig
 from progsae.sae.registry import sae_class
+from progsae.validation import check_finite, read_json_object, safetensors_header
 
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -23,12 +24,13 @@ WEIGHTS_FILE = "sae.safetensors"
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so a crash leaves either the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = new_temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -42,10 +44,10 @@ def atomic_write_json(path: Path, obj) -> None:
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
+    tmp = new_temp_file(path)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,13 +64,7 @@ def save_sae(sae: SAE, path) -> Path:
 
 
 def read_cfg(path: Path) -> dict:
-    cfg_path = path / CFG_FILE
-    try:
-        return json.loads(cfg_path.read_text())
-    except FileNotFoundError:
-        raise ProgsaeError(f"{cfg_path}: no such file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProgsaeError(f"{cfg_path}: not valid JSON ({e})") from None
+    return read_json_object(path / CFG_FILE, "SAE config")
 
 
 def load_progsae_folder(path: Path, device: str | torch.device = "cpu") -> SAE:
@@ -80,6 +76,7 @@ def load_progsae_folder(path: Path, device: str | torch.device = "cpu") -> SAE:
     weights = path / WEIGHTS_FILE
     if not weights.exists():
         raise ProgsaeError(f"{weights}: no such file")
+    safetensors_header(weights)  # sizes checked against the file before the library reads it
     try:
         state = load_file(str(weights), device=str(device))
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
@@ -95,6 +92,7 @@ def load_progsae_folder(path: Path, device: str | torch.device = "cpu") -> SAE:
     for name, shape in expected.items():
         if tuple(state[name].shape) != shape:
             raise ProgsaeError(f"{weights}: tensor {name} has shape {tuple(state[name].shape)}, cfg.json implies {shape}")
+    check_finite(state, str(weights))
     sae.load_state_dict({k: v.to(sae.W_enc.dtype) if v.is_floating_point() else v for k, v in state.items()})
     return sae
 
@@ -122,6 +120,8 @@ def load_sae(path, device: str | torch.device = "cpu", revision: str | None = No
         from progsae.interop import load_foreign  # the interoperability module, when present
     except ImportError:
         load_foreign = None
-    if load_foreign is not None:
-        return load_foreign(path, device=device)
-    return load_progsae_folder(path, device=device)
+    if load_foreign is None:
+        return load_progsae_folder(path, device=device)
+    sae = load_foreign(path, device=device)
+    check_finite(sae.state_dict(), str(path))
+    return sae

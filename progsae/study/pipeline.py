@@ -1,6 +1,7 @@
 """`progsae reproduce`: the study of docs/method.md as seven resumable stages over one run folder.
 
-    acts/                         activation store (train, validation, test)                  [collect]
+    acts/                         activation store (train, validation, test; with data.stream only
+                                  validation and test: the SAEs train from the running model)  [collect]
     rows.json                     rows each split loses to the outlier rule                   [train]
     seed-<s>/saes/<name>/         vanilla-n, matryoshka-n, vanilla-G baselines, per seed      [train]
     seed-<s>/importance.json, seed-<s>/power_law.json, figures/power_law-seed-<s>.png        [importance]
@@ -67,9 +68,10 @@ def sae_folders(cfg: StudyConfig) -> list[str]:
 def run_collect(ctx: RunContext) -> dict:
     from dataclasses import replace
 
-    from progsae.data.collect import collect
+    from progsae.data.collect import collect, heldout_only
 
-    collect(replace(ctx.cfg.data, device=ctx.cfg.device), store_path(ctx), progress=ctx.progress)
+    data = replace(ctx.cfg.data, device=ctx.cfg.device)
+    collect(heldout_only(data) if data.stream else data, store_path(ctx), progress=ctx.progress)
     return {}
 
 
@@ -85,6 +87,8 @@ def run_train(ctx: RunContext) -> dict:
     atomic_write_json(ctx.path("rows.json"), rows)
     for summary in rows.values():
         print(f"[train] {describe(summary)}")
+    if ctx.cfg.data.stream:
+        return run_streamed_train(ctx)
     tokens = int(t.epochs * store.num_tokens("train"))
     seconds: dict[str, dict] = {}
     for seed in ctx.cfg.seeds:
@@ -100,6 +104,34 @@ def run_train(ctx: RunContext) -> dict:
                                 wandb_group=f"{ctx.out.name}/seed-{seed}")
             seconds.setdefault(str(seed), {})[name] = sae.cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds}
+
+
+def run_streamed_train(ctx: RunContext) -> dict:
+    """Every SAE of every seed from one stream of the running model (data.stream; train.epochs passes); finished folders are kept."""
+    from dataclasses import replace
+
+    from progsae.train import TrainConfig
+    from progsae.train.streamed import StreamJob, stream_train
+
+    t, cfg = ctx.cfg.train, ctx.cfg
+    jobs = []
+    for seed in cfg.seeds:
+        for name, spec in sae_specs(cfg).items():
+            folder = ctx.path(seed_dir(seed), "saes", name)
+            if not (folder / "cfg.json").exists():
+                train_cfg = TrainConfig(arch=t.arch, tokens=1, batch_size=t.batch_size, lr=t.lr, seed=seed,  # tokens: one pass
+                                        aux_coef=t.aux_coef, dead_window=t.dead_window, device=cfg.device,
+                                        buffer_bytes=int(t.shuffle_buffer_gb * 2**30), keep_checkpoint=False, **{"k": t.k, **spec})
+                jobs.append(StreamJob(folder, train_cfg, cfg.data.hook))
+    if jobs:
+        stream_train(replace(cfg.data, device=cfg.device), jobs, store_path(ctx), outlier_factor=cfg.outlier_factor,
+                     buffer_bytes=int(t.shuffle_buffer_gb * 2**30), seed=t.seed, epochs=int(t.epochs), resume=True,
+                     progress=ctx.progress)
+    seconds: dict[str, dict] = {}
+    for seed in cfg.seeds:
+        for name in sae_specs(cfg):
+            seconds.setdefault(str(seed), {})[name] = load_sae(ctx.path(seed_dir(seed), "saes", name)).cfg.provenance.get("wall_time_s")
+    return {"train_seconds": seconds, "streamed": True}
 
 
 # ---- 3. importance ------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from safetensors import SafetensorError, safe_open
 
 from progsae.errors import ProgsaeError
 from progsae.sae.io import atomic_save_safetensors, atomic_write_json
+from progsae.validation import check_finite, safetensors_header
 
 CHECKPOINT_DIR = "checkpoint"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -60,6 +61,7 @@ def load_checkpoint(out_dir: Path, device: str | torch.device = "cpu") -> Checkp
     path = checkpoint_path(out_dir)
     if not path.exists():
         raise ProgsaeError(f"{path}: no checkpoint to resume from")
+    safetensors_header(path)  # sizes checked against the file before the library reads it
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             meta = f.metadata() or {}
@@ -68,8 +70,9 @@ def load_checkpoint(out_dir: Path, device: str | torch.device = "cpu") -> Checkp
         raise ProgsaeError(f"{path}: unreadable or truncated checkpoint ({str(e).splitlines()[0]})") from None
     try:
         state = json.loads(meta["state"])
-    except (KeyError, json.JSONDecodeError):
+    except (KeyError, json.JSONDecodeError, RecursionError):
         raise ProgsaeError(f"{path}: checkpoint has no valid training state") from None
-    if state.get("format") != FORMAT:
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ProgsaeError(f"{path}: not a progsae training checkpoint")
+    check_finite({k: v for k, v in tensors.items() if not k.startswith("rng/")}, str(path))
     return Checkpoint(tensors=tensors, state=state)

@@ -85,8 +85,10 @@ class TrainConfig:
             d["adam_betas"] = tuple(d["adam_betas"])
         return cls(**d)
 
-    def validate(self) -> None:
-        """Refuse settings that cannot train, with one line naming the setting."""
+    def validate(self, require_length: bool = True) -> None:
+        """Refuse settings that cannot train, with one line naming the setting.
+
+        require_length=False checks everything but the run length (which may come from the store)."""
         from progsae.device import resolve_device
 
         resolve_device(self.device)
@@ -99,7 +101,7 @@ class TrainConfig:
                 raise ProgsaeError("Matryoshka training needs --arch topk or batchtopk, not relu")
         elif self.k is None or not 0 < self.k <= self.n_latents:
             raise ProgsaeError(f"--k must be in 1..{self.n_latents} for {self.arch}, got {self.k}")
-        if (self.steps is None) == (self.tokens is None):
+        if (self.steps is None) == (self.tokens is None) and (require_length or self.steps is not None):
             raise ProgsaeError("give exactly one of --steps or --tokens")
         if (self.steps is not None and self.steps <= 0) or (self.tokens is not None and self.tokens <= 0):
             raise ProgsaeError("--steps / --tokens must be positive")
@@ -117,8 +119,17 @@ class TrainConfig:
                 raise ProgsaeError(
                     f"{len(self.matryoshka_weights)} Matryoshka weights for {len(self.matryoshka)} prefixes"
                 )
+            w = self.matryoshka_weights
+            if w is not None and (not all(math.isfinite(x) and x >= 0 for x in w) or sum(w) <= 0):
+                raise ProgsaeError(f"--matryoshka-weights must be non-negative numbers, not all zero, got {list(w)}")
         elif self.matryoshka_weights is not None:
             raise ProgsaeError("Matryoshka weights given without --matryoshka prefixes")
+        if self.k_aux is not None and self.k_aux <= 0:
+            raise ProgsaeError(f"--k-aux must be a positive number of latents, got {self.k_aux}")
+        if not self.aux_coef >= 0 or (self.l1_coef is not None and not self.l1_coef >= 0):
+            raise ProgsaeError(f"--aux-coef and --l1-coef must be non-negative, got {self.aux_coef} and {self.l1_coef}")
+        if (self.dead_window is not None and self.dead_window <= 0) or (self.warmup_steps is not None and self.warmup_steps < 0):
+            raise ProgsaeError(f"--dead-window must be positive and --warmup-steps non-negative, got {self.dead_window} and {self.warmup_steps}")
         if self.matryoshka_random is not None and not 1 <= self.matryoshka_random <= self.n_latents:
             raise ProgsaeError(f"--matryoshka-random must be in 1..{self.n_latents}, got {self.matryoshka_random}")
         self._validate_k_levels()

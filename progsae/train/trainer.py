@@ -86,10 +86,15 @@ def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, store: ActivationStore) 
     """Refuse to resume on different data or with a different configuration."""
     if ckpt.state["d_in"] != store.d_model:
         raise ProgsaeError(f"store {store.path} has d_model={store.d_model} but the checkpoint was trained on d_model={ckpt.state['d_in']}")
-    if ckpt.state["train_tokens"] != store.num_tokens("train"):
+    if ckpt.state.get("train_tokens") != store.num_tokens("train"):
         raise ProgsaeError(
-            f"store {store.path} has {store.num_tokens('train')} training tokens, the checkpoint's store had {ckpt.state['train_tokens']}; resume on the same store"
+            f"store {store.path} has {store.num_tokens('train')} training tokens, the checkpoint's store had {ckpt.state.get('train_tokens')}; resume on the same store"
         )
+    check_same_config(ckpt, cfg)
+
+
+def check_same_config(ckpt: Checkpoint, cfg: TrainConfig) -> None:
+    """Refuse to resume with a different configuration (settings a resumption may change aside)."""
     saved, now = ckpt.state["train_config"], cfg.to_dict()
     changed = changed_settings(saved, cfg)
     if changed:
@@ -97,7 +102,7 @@ def check_resumable(ckpt: Checkpoint, cfg: TrainConfig, store: ActivationStore) 
         raise ProgsaeError(f"cannot resume with a different configuration ({diffs}); use the original settings or a new --out")
 
 
-class _InterruptFlag:
+class InterruptFlag:
     """Turn Ctrl-C into a flag checked between steps, so the run stops on a consistent state and checkpoints it."""
 
     def __init__(self):
@@ -131,8 +136,7 @@ class Trainer:
         self.cfg = cfg.resolved(store.d_model)
         self.total_steps = self.cfg.steps
         self.progress_enabled = progress and self.sync.is_main
-        if store.num_tokens("train") < self.cfg.batch_size:
-            raise ProgsaeError(f"store {store.path} has {store.num_tokens('train')} training tokens, fewer than one batch of {self.cfg.batch_size}")
+        self._check_data()
 
         self.device = torch.device(self.cfg.device)
         if self.device.type == "cpu":
@@ -158,27 +162,47 @@ class Trainer:
             self._fresh_start()
             self.sync.broadcast_module(self.sae)  # processes start from rank 0's initialisation, as DDP does
 
+    # ---- what the run trains on (a streamed run, progsae/train/streamed.py, overrides these) ------
+    def _check_data(self) -> None:
+        if self.store.num_tokens("train") < self.cfg.batch_size:
+            raise ProgsaeError(f"store {self.store.path} has {self.store.num_tokens('train')} training tokens, fewer than one batch of {self.cfg.batch_size}")
+
+    def _init_sample(self) -> torch.Tensor:
+        """Rows [S, D] that set the input scale and b_dec."""
+        return strided_sample(self.store, self.cfg.init_sample)
+
+    def _check_checkpoint(self, ckpt: Checkpoint) -> None:
+        check_resumable(ckpt, self.cfg, self.store)
+
+    def _data_state(self) -> dict:
+        """The checkpoint's record of the data, which a resumption must match."""
+        return {"d_in": self.store.d_model, "train_tokens": self.store.num_tokens("train"), "store": str(self.store.path.resolve())}
+
+    def _data_provenance(self) -> dict:
+        """What the exported SAE records about its training data."""
+        return {"store": str(self.store.path.resolve()),
+                "outlier_rule": None if self.store.outlier_rule is None else self.store.outlier_rule.to_dict()}
+
     # ---- state ---------------------------------------------------------------------------
     def _finished_same_job(self) -> SAE:
         """The saved SAE of a finished run whose checkpoint/ was deleted, if it is this same job; else a one-line error."""
         saved = load_sae(self.out_dir, device=self.device)
         prov = saved.cfg.provenance
         changed = changed_settings(prov.get("train_config") or {}, self.cfg)  # steps included: cfg is resolved
-        if prov.get("store") != str(self.store.path.resolve()):
-            changed.append("store")
+        changed += [k for k in ("store", "stream") if prov.get(k) != self._data_provenance().get(k)]
         if changed:
             raise ProgsaeError(f"{self.out_dir} holds an SAE of another run ({', '.join(changed)} differ) and no checkpoint/ to resume from; choose a new --out")
         return saved
 
     def _fresh_start(self) -> None:
         torch.manual_seed(self.cfg.seed)
-        sample_SD = strided_sample(self.store, self.cfg.init_sample)
+        sample_SD = self._init_sample()
         scale = input_scale(sample_SD) if self.cfg.normalize_input else 1.0
         init_sae(self.sae, (sample_SD * scale).to(self.device), torch.Generator().manual_seed(self.cfg.seed + 1))
         self.state = RunState(input_scale=scale)
 
     def _restore(self, ckpt: Checkpoint) -> None:
-        check_resumable(ckpt, self.cfg, self.store)
+        self._check_checkpoint(ckpt)
         self.sae.load_state_dict({k: v.to(self.device) for k, v in ckpt.group("sae").items()})
         self.opt.load_state_tensors(ckpt.group("adam"))
         self.dead.since_fired_N.copy_(ckpt.tensors["dead/since_fired_N"])
@@ -201,9 +225,7 @@ class Trainer:
                 "input_scale": self.state.input_scale,
                 "wall_time_s": self.state.wall_time_s,
                 "total_steps": self.total_steps,
-                "d_in": self.store.d_model,
-                "train_tokens": self.store.num_tokens("train"),
-                "store": str(self.store.path.resolve()),
+                **self._data_state(),
                 "train_config": self.cfg.to_dict(),
                 "sae_config": self.sae.cfg.to_dict(),
             }
@@ -216,55 +238,76 @@ class Trainer:
         if self.finished is not None:  # resumed after the end: nothing left to train
             return self.finished
         cfg, st = self.cfg, self.state
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = MetricsLog(self.out_dir, resume_step=st.step if st.step > 0 else None) if self.sync.is_main else None
         batches = self.store.iter_batches(
             "train", cfg.batch_size, shuffle=True, seed=cfg.seed, start_batch=st.step, loop=True, max_memory_bytes=cfg.buffer_bytes
         )
-        ctx = TrainContext(aux_coef=cfg.aux_coef, k_aux=cfg.k_aux, generator=self.prefix_gen, global_mean=self.sync.mean)
-        bar = Progress(self.total_steps * cfg.batch_size, st.tokens, self.progress_enabled)  # batch_size is global
-        t_start, t_log, tokens_log = time.perf_counter(), time.perf_counter(), st.tokens
-        wall_before = st.wall_time_s
+        self.begin()
         try:
-            with _InterruptFlag() as interrupt:
+            with InterruptFlag() as interrupt:
                 while st.step < self.total_steps:
-                    x_BD = next(batches).to(self.device)
-                    if self.sync.any(not bool(torch.isfinite(x_BD).all())):
-                        raise ProgsaeError(f"batch {st.step} of {self.store.path} contains NaN or inf activations")
-                    if st.input_scale != 1.0:
-                        x_BD = x_BD * st.input_scale
-                    out = self._step(x_BD, ctx)
-                    st.step += 1
-                    st.tokens += self.sync.tokens(x_BD.shape[0])
-                    st.wall_time_s = wall_before + time.perf_counter() - t_start
-                    record = None
-                    heldout_due = self.heldout_SD is not None and (st.step % cfg.heldout_every == 0 or st.step == self.total_steps)
-                    if st.step % cfg.log_every == 0 or st.step == self.total_steps or heldout_due:
-                        now = time.perf_counter()
-                        record = self._record(out, x_BD, ctx, (st.tokens - tokens_log) / max(now - t_log, 1e-9))
-                        if heldout_due:
-                            record["heldout_fvu"] = self.heldout_fvu()
-                        t_log, tokens_log = now, st.tokens
-                        if metrics is not None:
-                            metrics.write(record)
-                        if self.tracker is not None:
-                            self.tracker.log(record, self.feature_density(x_BD) if heldout_due else None)
-                    bar.update(self.sync.tokens(x_BD.shape[0]), record)
-                    stop = self.sync.any(interrupt.set)  # every process stops at the same step
-                    if st.step % cfg.checkpoint_every == 0 or st.step == self.total_steps or stop:
-                        self.save_checkpoint()
-                    if stop:
-                        raise KeyboardInterrupt
+                    self.advance(next(batches), interrupt.set)
                     if on_step is not None:
                         on_step(st.step)
         finally:
-            bar.close()
-            if metrics is not None:
-                metrics.close()
+            self.end()
+        return self.finish()
+
+    def begin(self) -> None:
+        """Open the metrics log and the progress bar; the run's clock starts."""
+        st = self.state
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = MetricsLog(self.out_dir, resume_step=st.step if st.step > 0 else None) if self.sync.is_main else None
+        self._ctx = TrainContext(aux_coef=self.cfg.aux_coef, k_aux=self.cfg.k_aux, generator=self.prefix_gen, global_mean=self.sync.mean)
+        self._bar = Progress(self.total_steps * self.cfg.batch_size, st.tokens, self.progress_enabled)  # batch_size is global
+        self._t_start, self._t_log, self._tokens_log = time.perf_counter(), time.perf_counter(), st.tokens
+        self._wall_before = st.wall_time_s
+
+    def advance(self, x_BD: torch.Tensor, stop_requested: bool = False, last: bool = False) -> None:
+        """One step on a batch: log, checkpoint when due; KeyboardInterrupt (after a checkpoint) when a stop was requested (Ctrl-C).
+
+        `last` marks the final batch of a stream that ended before total_steps (it is logged and checkpointed as the end)."""
+        cfg, st, ctx = self.cfg, self.state, self._ctx
+        x_BD = x_BD.to(self.device)
+        if self.sync.any(not bool(torch.isfinite(x_BD).all())):
+            raise ProgsaeError(f"batch {st.step} of {self.store.path} contains NaN or inf activations")
+        if st.input_scale != 1.0:
+            x_BD = x_BD * st.input_scale
+        out = self._step(x_BD, ctx)
+        st.step += 1
+        st.tokens += self.sync.tokens(x_BD.shape[0])
+        st.wall_time_s = self._wall_before + time.perf_counter() - self._t_start
+        final = last or st.step == self.total_steps
+        record = None
+        heldout_due = self.heldout_SD is not None and (st.step % cfg.heldout_every == 0 or final)
+        if st.step % cfg.log_every == 0 or final or heldout_due:
+            now = time.perf_counter()
+            record = self._record(out, x_BD, ctx, (st.tokens - self._tokens_log) / max(now - self._t_log, 1e-9))
+            if heldout_due:
+                record["heldout_fvu"] = self.heldout_fvu()
+            self._t_log, self._tokens_log = now, st.tokens
+            if self._metrics is not None:
+                self._metrics.write(record)
             if self.tracker is not None:
-                self.tracker.finish()
+                self.tracker.log(record, self.feature_density(x_BD) if heldout_due else None)
+        self._bar.update(self.sync.tokens(x_BD.shape[0]), record)
+        stop = self.sync.any(stop_requested)  # every process stops at the same step
+        if st.step % cfg.checkpoint_every == 0 or final or stop:
+            self.save_checkpoint()
+        if stop:
+            raise KeyboardInterrupt
+
+    def end(self) -> None:
+        """Close the progress bar and the metrics log (also after an interruption)."""
+        self._bar.close()
+        if self._metrics is not None:
+            self._metrics.close()
+        if self.tracker is not None:
+            self.tracker.finish()
+
+    def finish(self) -> SAE:
+        """Export the SAE and, unless asked to keep it, delete the checkpoint."""
         sae = self.export()
-        if not cfg.keep_checkpoint and self.sync.is_main:
+        if not self.cfg.keep_checkpoint and self.sync.is_main:
             remove_checkpoint(self.out_dir)
         return sae
 
@@ -340,8 +383,7 @@ class Trainer:
             "tokens": self.state.tokens,
             "wall_time_s": round(self.state.wall_time_s, 3),
             "input_scale": self.state.input_scale,
-            "store": str(self.store.path.resolve()),
-            "outlier_rule": None if self.store.outlier_rule is None else self.store.outlier_rule.to_dict(),
+            **self._data_provenance(),
         }
         if self.sync.is_main:
             final.save(self.out_dir)
