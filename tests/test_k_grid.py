@@ -33,10 +33,11 @@ def test_k_levels_add_the_hierarchical_saes_and_leave_other_configs_unchanged(tm
                                                               "k_levels": [4, 8, 16]}
     assert sae_specs(cfg)["vanilla-1024-k4"] == {"n_latents": 1024, "k": 4}
     assert cfg.section_hash("train") != plain.section_hash("train")
-    for bad in ([4, 8], [8, 4, 16], [0, 16], "4,16"):
+    for bad, message in (([4, 8], "must strictly increase"), ([8, 4, 16], "must strictly increase"),
+                         ([0, 16], "must strictly increase"), ("4,16", "must be list")):
         path = tmp_path / "bad.json"
         path.write_text(json.dumps({"train": {"k": 16, "granularities": [64, 128], "k_levels": bad}}))
-        with pytest.raises(ProgsaeError, match="train.k_levels must strictly increase") as e:
+        with pytest.raises(ProgsaeError, match=f"train.k_levels'? {message}") as e:
             load_study_config(path)
         assert "\n" not in str(e.value)
 
