@@ -176,7 +176,7 @@ def sufficiency_section(checks: list[Check], density: list[list]) -> list[str]:
     failed = [c for c in checks if c.passed is False]
     lines = ["## Is the run big enough to judge?", ""]
     if failed:
-        lines += [f"**The verdicts above are unreliable:** {'; '.join(c.name for c in failed)} did not hold.", ""]
+        lines += [f"**Every verdict in this report is unreliable** (the findings, and the sparsity grid where there is one): {'; '.join(c.name for c in failed)} did not hold.", ""]
     else:
         lines += ["Every check below held, so the run is in a regime where dictionary size matters.", ""]
     lines += ["| check | result | numbers |", "|---|---|---|"]
