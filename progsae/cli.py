@@ -14,7 +14,7 @@ from progsae.outputs import release_all
 # verb -> one-line help; the verb's module is progsae.commands.<verb> with add_arguments(p) and run(args) -> int
 VERBS: dict[str, str] = {
     "synth": "write synthetic activations with planted features",
-    "train": "train an SAE on an activation store",
+    "train": "train SAEs on an activation store, or streamed from a running model",
     "collect": "collect activations from a language model into a store",
     "importance": "measure latent importance and fit its power law",
     "prune": "sort an SAE by importance and prune it to any size",
