@@ -154,7 +154,8 @@ def _bar(desc: str, total: int, enabled: bool, unit: str = "tok") -> Iterator:
 
     # leave=True: a finished bar stays on screen with its count, rather than vanishing (often before it was drawn)
     with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "tok", dynamic_ncols=True, leave=True) as bar:
-        yield bar.update
+        # fractional steps (the LM-loss bar moves per forward) may sum a rounding error past the total
+        yield lambda step: bar.update(min(step, max(0, bar.total - bar.n)))
 
 
 def _chat_model(cfg: EvalRunConfig, out_path: Path | None):
