@@ -218,6 +218,21 @@ def _check_not_an_input(path: Path, inputs, is_file: bool) -> None:
                                "choose another --out")
 
 
+def _hold(lock_path: Path, target: Path, created, check) -> None:
+    """Take the lock on `target` and run `check` holding it; if either fails, release the lock and remove
+    the folders this claim created, so a refused claim leaves nothing behind."""
+    lock = None
+    try:
+        lock = _lock(lock_path, target)
+        check()
+    except BaseException:
+        if lock is not None:
+            _unlock(lock)
+        _remove_empty(created)
+        raise
+    _HELD.append((lock, created))
+
+
 def claim_folder(path, verb: str, *, overwrite: bool = False, resumable: tuple[str, ...] = (), inputs=()) -> Path:
     """Lock the output folder `path` for `verb` and check it is ours to write (see the module docstring).
 
@@ -236,17 +251,11 @@ def claim_folder(path, verb: str, *, overwrite: bool = False, resumable: tuple[s
         raise ProgsaeError(f"{path}: a part of this path is a file, not a folder; choose another --out") from None
     except OSError as e:
         raise ProgsaeError(f"{path}: cannot create this folder ({e.strerror})") from None
-    lock = None
-    try:
-        lock = _lock(path / LOCK_FILE, path)
+    def check() -> None:
         _check_folder(path, overwrite, resumable)
         remove_partial_writes(path)
-    except BaseException:
-        if lock is not None:
-            _unlock(lock)
-        _remove_empty(created)
-        raise
-    _HELD.append((lock, created))
+
+    _hold(path / LOCK_FILE, path, created, check)
     return path
 
 
@@ -285,16 +294,10 @@ def claim_file(path, *, overwrite: bool = False, what: str = "--out", inputs=(),
         raise ProgsaeError(f"{path}: a part of this path is a file, not a folder") from None
     except OSError as e:
         raise ProgsaeError(f"{path}: cannot create its folder ({e.strerror})") from None
-    lock = None
-    try:
-        lock = _lock(path.parent / f".{path.name}{LOCK_FILE}", path)
+    def check() -> None:
         if path.exists() and not overwrite:  # checked holding the lock, so a run that just finished is seen
             raise ProgsaeError(f"{path}: already exists; choose another {what} or pass --overwrite to replace it")
         remove_partial_writes_of((path, *map(Path, companions)))
-    except BaseException:
-        if lock is not None:
-            _unlock(lock)
-        _remove_empty(created)
-        raise
-    _HELD.append((lock, created))
+
+    _hold(path.parent / f".{path.name}{LOCK_FILE}", path, created, check)
     return path
