@@ -58,10 +58,15 @@ def copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def sae_with_cfg(w: World, tmp: Path, text: str | bytes) -> Path:
-    bad = copy(w.sae, tmp / "bad_sae")
-    (bad / "cfg.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+def copy_with_file(src: Path, dst: Path, name: str, text: str | bytes) -> Path:
+    """A copy of the folder `src` at `dst` whose file `name` holds `text`."""
+    bad = copy(src, dst)
+    (bad / name).write_bytes(text if isinstance(text, bytes) else text.encode())
     return bad
+
+
+def sae_with_cfg(w: World, tmp: Path, text: str | bytes) -> Path:
+    return copy_with_file(w.sae, tmp / "bad_sae", "cfg.json", text)
 
 
 def sae_with_cfg_change(w: World, tmp: Path, change: Callable[[dict], None]) -> Path:
@@ -104,9 +109,7 @@ def sae_with_weights_file(w: World, tmp: Path, spoil: Callable[[Path], None]) ->
 
 
 def store_with_meta(w: World, tmp: Path, text: str | bytes) -> Path:
-    bad = copy(w.store, tmp / "bad_store")
-    (bad / "meta.json").write_bytes(text if isinstance(text, bytes) else text.encode())
-    return bad
+    return copy_with_file(w.store, tmp / "bad_store", "meta.json", text)
 
 
 def store_with_meta_change(w: World, tmp: Path, change: Callable[[dict], None]) -> Path:
