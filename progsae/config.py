@@ -44,13 +44,13 @@ class EvalConfig:
     metrics: list[str] = field(default_factory=lambda: ["recon", "ce", "rsa", "interp"])
     modes: list[str] = field(default_factory=lambda: ["mask", "retopk"])
     recon_tokens: int | None = None  # held-out tokens for reconstruction metrics; None: the whole test split
-    ce_contexts: int = 32
+    ce_contexts: int | None = None  # test contexts scored by recaptured CE; None: every test context
     ce_batch_size: int = 8
     # False: recaptured CE only for the main methods (vanilla, Matryoshka, pruned-ef2), not the freq/unsorted/random
     # controls. Every variant runs the rest of the LM, so CE is the costliest metric; the ordering claim reads FVU.
     ce_controls: bool = True
-    rsa_tokens: int = 2000
-    interp_latents_per_band: int = 16
+    rsa_tokens: int = 2000  # test rows for RSA/CKA, spread over every test context
+    interp_latents_per_band: int | None = None  # None: every eligible latent of each band is scored
     interp_explainer: str = "deterministic"  # or "llm": a local HF chat model, or the endpoint below
     interp_llm_url: str | None = None  # an OpenAI-compatible endpoint for the "llm" explainer
     interp_llm_model: str | None = None  # the model it serves (or a local model id/folder; default smollm2)

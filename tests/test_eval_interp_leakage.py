@@ -63,7 +63,7 @@ def test_only_store(tmp_path_factory):
     return build_store(tmp_path_factory.mktemp("t") / "store", {"test": 120}, seed=1)
 
 
-LOOSE = InterpConfig(explain_top=6, score_top=3, score_random=5, min_explain_contexts=1, min_score_contexts=1, n_bootstrap=50)
+LOOSE = InterpConfig(explain_top=6, score_top=3, score_random=5, min_explain_contexts=1, n_bootstrap=50)
 
 
 def check_windows(ids_by, le, explain_ids: set, score_ids: set):
@@ -223,3 +223,32 @@ def test_scores_below_leave_out_unmeasured_bands(test_only_store):
     assert res.scores_below() == res.bands[0].scores
     assert res.scores_below(4) == [ls.score for ls in res.latents if ls.latent < 4]
     assert len(res.scores_below(10)) == 8
+
+
+def test_eligibility_reads_only_the_explain_side(tmp_path):
+    """A latent that fires in 5 validation contexts and in no test context is eligible: which latents are scored
+    never depends on the contexts they are scored on; moving its test firings changes nothing."""
+    eligible = []
+    for test_rare in ([], list(range(0, 40, 4))):
+        store, _ = build_store(tmp_path / f"s{len(test_rare)}", {"validation": 40, "test": 40},
+                               rare={"validation": [1, 7, 20, 33, 38], "test": test_rare})
+        sae = planted_sae()
+        with torch.no_grad():
+            sae.W_enc[:, 15] = 0
+            sae.W_enc[RARE, 15] = 1.0
+            sae.b_enc[15] = -0.5
+        scan = Scan(store, sae, [0, 15], InterpConfig())
+        eligible.append(scan.eligible)
+        assert scan.score.fired_contexts.tolist()[1] == len(test_rare)
+    assert eligible == [{0, 15}, {0, 15}]
+
+
+def test_by_default_every_eligible_latent_of_a_band_is_scored(split_store):
+    store, _ = split_store
+    res = evaluate_interp(store, Variant.of(random_sae(), "r"), TokenExplainer(), TokenSimulator(),
+                          InterpConfig(bands=[(0, 40), (40, 64)], n_bootstrap=20))
+    scan = Scan(store, random_sae(), list(range(64)), InterpConfig())
+    for band, (lo, hi) in zip(res.bands, [(0, 40), (40, 64)]):
+        assert band.sampled == hi - lo
+        assert band.eligible == len([lat for lat in range(lo, hi) if lat in scan.eligible]) > 16
+        assert band.scored + sum(ls.score is None for ls in res.latents if ls.band == band.band) == band.eligible

@@ -29,3 +29,24 @@ def test_rsa_with_shuffled_rows_is_near_zero():
     y = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(2))]
     assert abs(rsa(x, y)) <= 0.05
     assert rsa(x, x + 0.3 * torch.randn_like(x)) > 0.5  # a noisy copy stays well above chance
+
+
+def test_rsa_rows_come_from_every_context(tmp_path):
+    """spread_rows takes about n / C rows of each of the C contexts (seeded), not n rows of a few contexts."""
+    import numpy as np
+
+    from progsae.data.store import ActivationStore, StoreWriter
+    from progsae.evals.common import spread_rows
+
+    meta = {"model": "hand", "hook": "none", "d_model": 4, "context_length": 32, "first_position": 0}
+    w = StoreWriter(tmp_path / "s", meta, "test", shard_tokens=10**9)
+    for _ in range(2):  # two shards of 25 contexts
+        w.add(torch.randn(25 * 32, 4), torch.zeros(25, 32, dtype=torch.int32))
+        w.flush()
+    w.close()
+    store = ActivationStore(tmp_path / "s")
+    x, ctx = spread_rows(store, 200, seed=3)
+    assert sorted(set(ctx.tolist())) == list(range(50))
+    assert np.bincount(ctx).tolist() == [4] * 50 and x.shape == (200, 4)
+    x2, ctx2 = spread_rows(store, 200, seed=3)
+    assert torch.equal(x, x2) and not torch.equal(x, spread_rows(store, 200, seed=4)[0])

@@ -76,3 +76,22 @@ def sample_rows(store, n: int, seed: int = 0, split: str = "test") -> tuple[torc
     if not xs:
         raise ProgsaeError(f"{store.path}: the '{split}' split has no rows to sample")
     return torch.cat(xs), np.concatenate(ctxs)
+
+
+def spread_rows(store, n: int, seed: int = 0, split: str = "test") -> tuple[torch.Tensor, np.ndarray]:
+    """About n kept rows spread over every context of the split (a seeded ceil(n / C) rows of each), and each
+    row's context (0..C-1): a pairwise statistic then sees every context, and context resamples stay valid."""
+    per_context = max(1, -(-n // max(1, store.num_contexts(split))))
+    rng = np.random.default_rng([seed, per_context])
+    xs, ctxs = [], []
+    for x, ctx, _ in store.iter_context_rows(split):
+        keys = rng.random(len(ctx))
+        order = np.lexsort((keys, ctx))  # by context, then a random order within it
+        first = np.searchsorted(ctx[order], ctx[order], side="left")
+        take = np.sort(order[np.arange(len(order)) - first < per_context])
+        xs.append(x[torch.from_numpy(take)])
+        ctxs.append(ctx[take])
+    if not xs:
+        raise ProgsaeError(f"{store.path}: the '{split}' split has no rows to sample")
+    return torch.cat(xs), np.concatenate(ctxs)
+

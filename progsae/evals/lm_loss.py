@@ -35,7 +35,7 @@ class LMLossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: str = "test"
-    contexts: int = 32  # contexts of the split to score (a seeded random sample)
+    contexts: int | None = None  # contexts of the split to score (a seeded random sample); None: every context
     batch_size: int = 8  # contexts per forward
     mean_split: str | None = None  # split of the mean-ablation vector; None: validation, else train
     mean_tokens: int = 100_000  # rows (a seeded sample of whole contexts) for the mean-ablation vector
@@ -164,9 +164,9 @@ def evaluate_lm_loss(
     device = next(model.parameters()).device
     per_ctx = lambda t: t.sum(1).cpu().tolist()  # noqa: E731 - [B, T-2] -> B sums
 
-    def advance(ids_BT: Tensor) -> None:  # a batch's share of contexts per forward (clean, zero, mean, each variant)
+    def advance(ids_BT: Tensor) -> None:  # one forward done (clean, zero, mean, each variant): whole units
         if progress is not None:
-            progress(ids_BT.shape[0] / (len(variants) + 3))
+            progress(1)
     for ids_BT in batches:
         if ids_BT.shape[1] < 3:
             raise ProgsaeError(f"contexts of {ids_BT.shape[1]} tokens are too short to score (need >= 3)")
@@ -229,12 +229,18 @@ def store_mean(store, split: str | None = None, max_tokens: int = 100_000, seed:
     return (total / max(n, 1)).float()
 
 
-def store_token_batches(store, split: str, contexts: int, batch_size: int, seed: int = 0) -> Iterator[Tensor]:
-    """A seeded random sample of `contexts` token contexts [B, L] of a text store, in batches (store order)."""
-    chosen = store.sample_contexts(split, contexts * store.rows_per_context, seed)[:contexts]
+def store_token_batches(store, split: str, contexts: int | None, batch_size: int, seed: int = 0) -> Iterator[Tensor]:
+    """A seeded random sample of `contexts` token contexts [B, L] of a text store (None: all), in batches (store order)."""
+    chosen = store.sample_contexts(split, None if contexts is None else contexts * store.rows_per_context, seed)[:contexts]
     ids = store.context_tokens(split, chosen)
     for c0 in range(0, ids.shape[0], batch_size):
         yield torch.from_numpy(ids[c0 : c0 + batch_size])
+
+
+def lm_loss_forwards(store, cfg: LMLossConfig, variants: int) -> int:
+    """Forwards evaluate_lm_loss_from_store runs (clean, zero, mean and one per variant, per batch): the progress total."""
+    contexts = store.num_contexts(cfg.split) if cfg.contexts is None else min(cfg.contexts, store.num_contexts(cfg.split))
+    return -(-contexts // cfg.batch_size) * (variants + 3)
 
 
 def evaluate_lm_loss_from_store(store, model: nn.Module, site: HookSite, variants: list[Variant], cfg: LMLossConfig | None = None, progress=None) -> list[LMLossResult]:

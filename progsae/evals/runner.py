@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from progsae.errors import ProgsaeError
 from progsae.evals.common import Variant, write_json
 from progsae.evals.interp.score import InterpConfig, InterpResult, bootstrap_mean, default_bands, evaluate_interp, interp_rows
-from progsae.evals.lm_loss import LMLossConfig, LMLossResult
+from progsae.evals.lm_loss import LMLossConfig, LMLossResult, evaluate_lm_loss_from_store, lm_loss_forwards
 from progsae.evals.reconstruction import ReconstructionConfig, ReconstructionResult, evaluate_reconstruction
 from progsae.evals.similarity import SimilarityConfig, SimilarityResult, evaluate_similarity
 from progsae.sae.io import atomic_save_safetensors
@@ -154,8 +154,7 @@ def _bar(desc: str, total: int, enabled: bool, unit: str = "tok") -> Iterator:
 
     # leave=True: a finished bar stays on screen with its count, rather than vanishing (often before it was drawn)
     with tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "tok", dynamic_ncols=True, leave=True) as bar:
-        # fractional steps (the LM-loss bar moves per forward) may sum a rounding error past the total
-        yield lambda step: bar.update(min(step, max(0, bar.total - bar.n)))
+        yield lambda step: bar.update(min(int(step), max(0, bar.total - bar.n)))  # whole units, never past the total
 
 
 def _chat_model(cfg: EvalRunConfig, out_path: Path | None):
@@ -214,7 +213,6 @@ def run_evals(
     tokenizer = None
     if "ce" in cfg.metrics:
         from progsae.data.hooks import resolve_hook
-        from progsae.evals.lm_loss import evaluate_lm_loss_from_store
 
         if not model_name or not hook_name:
             raise ProgsaeError("the LM loss needs --model and --hook (the store's meta.json names neither)")
@@ -224,7 +222,7 @@ def run_evals(
             model_and_tokenizer = load_model(model_name, device=next(iter(saes.values())).W_enc.device)
         model, tokenizer = model_and_tokenizer
         site = resolve_hook(model, hook_name)
-        with _bar("lm loss", min(cfg.ce.contexts, store.num_contexts(cfg.ce.split)), progress, unit="ctx") as upd:
+        with _bar("lm loss", lm_loss_forwards(store, cfg.ce, len(variants)), progress, unit="forward") as upd:
             res.lm_loss = evaluate_lm_loss_from_store(store, model, site, variants, cfg.ce, upd)
     if "interp" in cfg.metrics:
         res.interp = _run_interp(store, saes, cfg, tokenizer, model_name, out_path, progress)

@@ -16,14 +16,14 @@ from scipy.stats import rankdata
 from torch import Tensor
 
 from progsae.evals.bootstrap import BootstrapConfig, resample_weights
-from progsae.evals.common import Record, Variant, sample_rows, sae_input
+from progsae.evals.common import Record, Variant, spread_rows, sae_input
 
 
 class SimilarityConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     split: str = "test"
-    tokens: int = 1000  # held-out rows: a seeded sample of whole contexts holding about this many
+    tokens: int = 1000  # held-out rows, spread over every context of the split (about tokens / contexts each)
     seed: int = 0
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     # source -> the source whose full-size variant is its reference for rsa_full/cka_full (default: its own largest)
@@ -132,9 +132,12 @@ def _gram(x_ND: Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate_similarity(store, variants: list[Variant], cfg: SimilarityConfig | None = None, progress=None) -> list[SimilarityResult]:
-    """RSA and CKA of every variant on the same seeded sample of whole test contexts, with bootstrap intervals."""
+    """RSA and CKA of every variant on the same seeded rows of every test context, with bootstrap intervals.
+
+    The bootstrap resamples contexts and holds each pair's rank from the full sample: re-ranking ~2M pairs
+    in each of 1000 resamples per variant costs more than the whole evaluation (see docs/method.md)."""
     cfg = cfg or SimilarityConfig()
-    x_ND, ctx_N = sample_rows(store, cfg.tokens, cfg.seed, cfg.split)
+    x_ND, ctx_N = spread_rows(store, cfg.tokens, cfg.seed, cfg.split)
     n_ctx = int(ctx_N.max()) + 1
     blk = _Blocks(ctx_N, n_ctx, resample_weights(n_ctx, cfg.bootstrap.replicates, cfg.bootstrap.seed))
     A = blk.symmetric(rankdata(cosine_similarity_upper(x_ND)))

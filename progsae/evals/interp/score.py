@@ -12,10 +12,11 @@ Leakage-free by construction:
     top context and their activation is neither shown (0) nor scored (the token is left out of the
     correlation). See `progsae.evals.interp.examples`.
 
-Per band, `latents_per_band × candidate_factor` candidates are sampled (seeded); a candidate is
-*eligible* when it fires in at least `min_explain_contexts` explain contexts and
-`min_score_contexts` score contexts; the first `latents_per_band` eligible candidates (a seeded
-random sample of the band's eligible latents) are scored. The score is the Pearson correlation of
+By default every latent of a band is a candidate (`latents_per_band=None`); with a number,
+`latents_per_band × candidate_factor` candidates are sampled (seeded) and the first
+`latents_per_band` eligible ones are scored. A candidate is *eligible* when it fires in at least
+`min_explain_contexts` explain contexts: eligibility reads only the explain side, so which latents
+are scored never depends on the contexts they are scored on. The score is the Pearson correlation of
 predicted and true activations over all scored tokens of a latent together. A band with fewer than
 `min_scored` scored latents is *not measured*: no mean, no interval, and it enters no average.
 Bands are latent-index ranges of an importance-sorted SAE (or a Matryoshka SAE's groups); band
@@ -44,13 +45,12 @@ class InterpConfig(BaseModel):
     score_split: str = Field("test", validation_alias=AliasChoices("score_split", "split"))
     bands: list[tuple[int, int]] | None = None  # [lo, hi) latent-index ranges; None: Matryoshka groups or quarters
     band_names: list[str] | None = None
-    latents_per_band: int = 16
-    candidate_factor: int = 4  # candidates sampled per wanted latent; eligible ones are scored
+    latents_per_band: int | None = Field(None, ge=1)  # None: every eligible latent of the band is scored
+    candidate_factor: int = 4  # with latents_per_band: candidates sampled per wanted latent
     explain_top: int = 10  # top windows shown to the explainer (from the explain contexts)
     score_top: int = 5  # top windows scored (from the score contexts)
     score_random: int = 5  # random windows scored per latent (from the score contexts)
-    min_explain_contexts: int = Field(5, ge=1)  # eligible: fires in at least this many explain contexts...
-    min_score_contexts: int = Field(3, ge=1)  # ...and at least this many score contexts
+    min_explain_contexts: int = Field(5, ge=1)  # eligible: fires in at least this many explain contexts
     min_scored: int = Field(5, ge=1)  # a band with fewer scored latents is not measured
     window_left: int = 15
     window_right: int = 4
@@ -174,7 +174,7 @@ class Scan:
         idx = torch.tensor(self.latents, dtype=torch.long)
         self.explain: SideScan = scan_side(store, sae, idx, max(1, cfg.explain_top), self.explain_side, cfg.batch_contexts, progress)
         self.score: SideScan = scan_side(store, sae, idx, max(1, cfg.score_top), self.score_side, cfg.batch_contexts, progress)
-        ok = (self.explain.fired_contexts >= cfg.min_explain_contexts) & (self.score.fired_contexts >= cfg.min_score_contexts)
+        ok = self.explain.fired_contexts >= cfg.min_explain_contexts  # explain side only: no selection on scored contexts
         self.eligible = {lat for lat, e in zip(self.latents, ok.tolist()) if e}
         self.row = {lat: m for m, lat in enumerate(self.latents)}
 
@@ -248,8 +248,11 @@ def evaluate_interp(
     rng = np.random.default_rng(cfg.seed)
     candidates: list[list[int]] = []
     for lo, hi in bands:
-        k = min(hi - lo, cfg.latents_per_band * cfg.candidate_factor)
-        candidates.append((lo + rng.choice(hi - lo, size=k, replace=False)).tolist())
+        if cfg.latents_per_band is None:
+            candidates.append(list(range(lo, hi)))
+        else:
+            k = min(hi - lo, cfg.latents_per_band * cfg.candidate_factor)
+            candidates.append((lo + rng.choice(hi - lo, size=k, replace=False)).tolist())
     scan = Scan(store, sae, sorted({c for cs in candidates for c in cs}), cfg, progress=progress)
     chosen = [[c for c in cands if c in scan.eligible][: cfg.latents_per_band] for cands in candidates]
     by_latent = {le.latent: le for le in latent_examples(store, sae, scan, sorted({c for cs in chosen for c in cs}), cfg)}
