@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from progsae.sae import SAEConfig, TopKSAE, TrainContext  # noqa: E402
 from progsae.sae.sparse_step import dense_reference  # noqa: E402
 from progsae.train.optimizer import LayoutAdam  # noqa: E402
+from progsae.train.step_timing import train_step  # noqa: E402
 
 
 def make_sae(d: int, n: int, k: int, prefixes: list[int] | None, seed: int, k_levels: list[int] | None = None) -> TopKSAE:
@@ -50,13 +51,7 @@ class Runner:
         self.times: list[float] = []
 
     def _step(self, x_BD: torch.Tensor) -> None:
-        self.opt.zero_grad()
-        out = self.sae.training_step(x_BD, self.ctx)
-        out.loss.backward()
-        self.sae.remove_parallel_decoder_grad()
-        self.opt.step()
-        self.sae.normalize_decoder()
-        self.sae.after_step(out)
+        train_step(self.sae, self.opt, x_BD, self.ctx)
 
     def step(self, x_BD: torch.Tensor, record: bool = True) -> None:
         t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Run the whole study of docs/method.md and write the report (resumable: finished stages are skipped).
 
-Stages: collect -> train -> importance -> families -> evaluate -> kgrid (with train.k_levels) -> report.
+Stages: collect -> train -> timing -> importance -> families -> evaluate -> kgrid (with train.k_levels) -> report.
 Examples:
   progsae reproduce --out runs/embedded                       # embedded SmolLM2 + corpus, <= 20 min on 2 CPU cores
   progsae reproduce --preset quick --out runs/quick           # toy scale, ~3 min

@@ -152,7 +152,9 @@ def _merge_seeds(bands: dict) -> dict[str, dict[str, dict]]:
         return bands
     merged: dict[str, dict[str, list]] = {}
     for per_method in bands.values():
-        for method, per_band in (per_method or {}).items():
+        if not isinstance(per_method, dict):  # "explainer": the name beside the seeds
+            continue
+        for method, per_band in per_method.items():
             for b, r in per_band.items():
                 merged.setdefault(method, {}).setdefault(b, []).append(r)
     out: dict[str, dict[str, dict]] = {}
@@ -173,6 +175,7 @@ def _merge_seeds(bands: dict) -> dict[str, dict[str, dict]]:
 
 def interp_bands_figure(bands: dict) -> Figure | None:
     """The figure of `plot_interp_bands`, unsaved (None without bands)."""
+    explainer = (bands or {}).get("explainer", "token-identity baseline")
     bands = _merge_seeds(bands)
     if not bands:
         return None
@@ -202,7 +205,7 @@ def interp_bands_figure(bands: dict) -> Figure | None:
                 ax.text(x, max(y, 0.0) + top * 0.01, f"n={r['scored']}", ha="center", va="bottom", fontsize=6.5)
     ax.set_xticks(range(len(band_names)), band_names)
     ax.set_xlabel("importance band (latent ranks)")
-    ax.set_ylabel("explain-then-simulate Pearson r")
+    ax.set_ylabel(f"explain-then-simulate Pearson r\n(explainer: {explainer})")
     bottoms = [r["lo"] if r.get("lo") is not None else r["mean"] for per in bands.values() for r in per.values()
                if r.get("mean") is not None and r.get("measured", True) is not False]
     ax.set_ylim(min([0.0, *bottoms]) * 1.1, top)

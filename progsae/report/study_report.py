@@ -44,7 +44,9 @@ def write_study_report(ctx) -> None:
         if plot_metric_vs_size(records, metric, ctx.path("figures", f"{metric}.png"), title=caption):
             figures.append((caption, f"figures/{metric}.png"))
     if plot_interp_bands(bands, ctx.path("figures", "interp_bands.png")):
-        figures.append(("Interpretability (explain-then-simulate Pearson r) per importance band", "figures/interp_bands.png"))
+        explainer = bands.get("explainer", "token-identity baseline")  # runs before the key: the deterministic explainer
+        figures.append((f"Interpretability per importance band: explain-then-simulate Pearson r, explainer = {explainer}",
+                        "figures/interp_bands.png"))
     reps = load_replicates(ctx)
     if plot_paired_differences(records, reps, ctx.path("figures", "paired_differences.png")):
         figures.append(("Paired differences: Matryoshka − pruned-ef2 and − size-matched vanilla (FVU, recaptured CE), "

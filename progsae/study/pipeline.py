@@ -1,9 +1,10 @@
-"""`progsae reproduce`: the study of docs/method.md as seven resumable stages over one run folder.
+"""`progsae reproduce`: the study of docs/method.md as eight resumable stages over one run folder.
 
     acts/                         activation store (train, validation, test; with data.stream only
                                   validation and test: the SAEs train from the running model)  [collect]
     rows.json                     rows each split loses to the outlier rule                   [train]
     seed-<s>/saes/<name>/         vanilla-n, matryoshka-n, vanilla-G baselines, per seed      [train]
+    step_timing.json              Matryoshka-n / vanilla-n per-step time, interleaved repeats  [timing]
     seed-<s>/importance.json, seed-<s>/power_law.json, figures/power_law-seed-<s>.png        [importance]
     seed-<s>/families/<method>-<G>-<mode>/   pruned and prefix SAEs; families.json             [families]
     evals/<metric>.json (+ .replicates.safetensors), evals/bands.json, results.json          [evaluate]
@@ -17,17 +18,23 @@ explanations); every reported number reads test rows, with bootstrap intervals o
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from progsae.config import StudyConfig
+from progsae.device import resolve_device
+from progsae.evals.interp.base import explainer_label
 from progsae.report.size_plots import CONTROL_METHODS
 from progsae.sae.io import atomic_write_json, load_sae
 from progsae.study.k_grid import GRID_METRICS, cut, grid_members, grid_records, k_level_specs, parent_folders
 from progsae.study.stages import RunContext, Stage, read_marker
+from progsae.train.step_timing import measure_ratio
 
 if TYPE_CHECKING:
     from progsae.evals.runner import EvalResults
@@ -132,6 +139,30 @@ def run_streamed_train(ctx: RunContext) -> dict:
         for name in sae_specs(cfg):
             seconds.setdefault(str(seed), {})[name] = load_sae(ctx.path(seed_dir(seed), "saes", name)).cfg.provenance.get("wall_time_s")
     return {"train_seconds": seconds, "streamed": True}
+
+
+# ---- 2b. timing ---------------------------------------------------------------------------------
+TIMING_REPEATS, TIMING_STEPS, TIMING_BATCHES = 8, 6, 4
+
+
+def run_timing(ctx: RunContext) -> dict:
+    """Per-step time of Matryoshka-n over vanilla-n (the first seed's trained SAEs, copies in memory) on the store's
+    rows, over interleaved order-randomised repeats: the training-time claim's measurement (step_timing.json)."""
+    cfg, n = ctx.cfg, ctx.cfg.n_latents
+    store = open_store(ctx)
+    split = "train" if store.has_split("train") else "validation"
+    bs = cfg.train.batch_size
+    rows = torch.cat([x for x, _, _ in itertools.islice(store.iter_context_rows(split, max_rows=bs), 2 * TIMING_BATCHES)])
+    batches = [b for b in rows.to(resolve_device(cfg.device)).split(bs) if b.shape[0] == bs][:TIMING_BATCHES] or [rows]
+    sd = seed_dir(cfg.seeds[0])
+    vanilla = load_sae(ctx.path(sd, "saes", f"vanilla-{n}"), device=cfg.device)
+    matryoshka = load_sae(ctx.path(sd, "saes", f"matryoshka-{n}"), device=cfg.device)
+    t = measure_ratio((f"matryoshka-{n}", matryoshka), (f"vanilla-{n}", vanilla), batches, TIMING_REPEATS, TIMING_STEPS,
+                      seed=cfg.train.seed)
+    atomic_write_json(ctx.path("step_timing.json"), t.to_dict())
+    print(f"[timing] matryoshka-{n} / vanilla-{n} per-step time {t.ratio:.3f}× [{t.ratio_ci[0]:.3f}, {t.ratio_ci[1]:.3f}] "
+          f"over {t.repeats} interleaved repeats of {t.steps} steps (batch {t.batch_size}) on {t.hardware}")
+    return {"ratio": t.ratio}
 
 
 # ---- 3. importance ------------------------------------------------------------------------------
@@ -306,6 +337,8 @@ def run_evaluate(ctx: RunContext) -> dict:
         records.append(rec)
     records += full_size_rows(records, cfg)
     atomic_write_json(ctx.path("results.json"), records)
+    if bands:  # beside the seeds: which explainer wrote the explanations the scores rest on
+        bands = {"explainer": explainer_label(cfg.eval.interp_explainer, cfg.eval.interp_llm_model), **bands}
     atomic_write_json(ctx.path("evals", "bands.json"), bands)
     return {"records": len(records)}
 
@@ -382,7 +415,9 @@ def timings(ctx: RunContext) -> dict:
     """Seconds per finished stage and per SAE trained, per seed (from the stage markers)."""
     stages = {name: (read_marker(ctx.out, name) or {}).get("seconds") for name in STAGE_NAMES}
     train = (read_marker(ctx.out, "train") or {}).get("train_seconds", {})
-    return {"n_latents": ctx.cfg.n_latents, "stages": stages, "train": train, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    step = ctx.path("step_timing.json")
+    return {"n_latents": ctx.cfg.n_latents, "stages": stages, "train": train,
+            "step_timing": json.loads(step.read_text()) if step.exists() else None, "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 STAGES = [
@@ -390,6 +425,7 @@ STAGES = [
     Stage("collect", ("data",), (), lambda cfg: ("acts/meta.json",), run_collect, owns=("acts",)),
     Stage("train", ("train", "outlier_factor"), ("collect",), lambda cfg: ("rows.json", *(f"{f}/cfg.json" for f in sae_folders(cfg))),
           run_train, owns=lambda cfg: ("rows.json", *(f"{seed_dir(s)}/saes" for s in cfg.seeds))),
+    Stage("timing", (), ("train",), lambda cfg: ("step_timing.json",), run_timing, owns=("step_timing.json",)),
     Stage("importance", (), ("train",),
           lambda cfg: tuple(p for s in cfg.seeds for p in (f"{seed_dir(s)}/importance.json", f"{seed_dir(s)}/power_law.json")),
           run_importance, owns=lambda cfg: tuple(p for s in cfg.seeds for p in (f"{seed_dir(s)}/importance.json", f"{seed_dir(s)}/power_law.json"))),
@@ -398,7 +434,7 @@ STAGES = [
     Stage("evaluate", ("eval",), ("families",), lambda cfg: ("results.json", "evals/bands.json"), run_evaluate,
           owns=("evals", "results.json")),
     Stage("kgrid", ("train", "eval"), ("importance",), lambda cfg: ("kgrid/results.json",), run_k_grid, owns=("kgrid",)),
-    Stage("report", (), ("evaluate", "kgrid"), lambda cfg: ("report.md", "report.html", "timings.json", "provenance.json"), run_report,
+    Stage("report", (), ("timing", "evaluate", "kgrid"), lambda cfg: ("report.md", "report.html", "timings.json", "provenance.json"), run_report,
           owns=("report.md", "report.html", "timings.json", "findings.json", "kgrid_findings.json", "provenance.json",
                 "latents.html")),
 ]

@@ -47,3 +47,9 @@ class Simulator(Protocol):
     def simulate(self, explanation: Explanation, tokens: list[int]) -> list[float]:
         """Predicted activation for every token of one window, from the explanation alone."""
         ...
+
+
+def explainer_label(explainer: str, llm_model: str | None = None) -> str:
+    """What the report calls an explainer: the deterministic one is a token-identity baseline, not an LLM."""
+    return "token-identity baseline" if explainer == "deterministic" else f"llm ({llm_model or 'smollm2'})"
+
