@@ -233,3 +233,18 @@ def test_uniform_frequency_control_rejects_the_power_law_and_fits_worse(tmp_path
     assert "lognormal" in flat.rejected_for and c.R < 0 and c.p < 1e-3
     assert c.R < planted_fit.mle.comparisons["lognormal"].R - 2  # far stronger evidence against the power law
     assert flat.bend > 2 * flat.settings.max_bend and planted_fit.r2 - flat.r2 >= 0.03
+
+
+def test_both_rank_exponents_agree_on_zipf_values_and_disagree_off_a_power_law():
+    """Log-binned α and the likelihood's γ (α = 1/(γ − 1)) recover a planted Zipf exponent together; on values
+    exponential in rank they part, and the power-law finding says so."""
+    from progsae.report.findings import power_law_finding, rank_exponents
+
+    for alpha in (0.7, 1.2):
+        both = rank_exponents(fit_power_law(np.arange(1, 4001) ** -alpha).to_dict())
+        assert abs(both["alpha_binned"] - alpha) < 0.02 and abs(both["alpha_implied"] - alpha) < 0.03
+        assert not both["disagree"]
+    off = fit_power_law(np.exp(-np.arange(1, 4001) / 400)).to_dict()
+    assert rank_exponents(off)["disagree"]
+    assert "disagrees with the log-binned α" in power_law_finding({0: off}).evidence
+    assert "agrees with the log-binned α" in power_law_finding({0: fit_power_law(np.arange(1, 4001) ** -0.7).to_dict()}).evidence

@@ -247,6 +247,23 @@ def _power_law_check(fit: dict) -> tuple[str, str]:
     return "tie", "not supported, for no reason this report knows"
 
 
+def rank_exponents(fit: dict) -> dict | None:
+    """Both estimates of the rank exponent: log-binned least squares α (with its interval) and the one the likelihood's
+    density exponent γ implies, α = 1/(γ − 1) (interval by the delta method from γ's σ); they disagree when the two
+    95% intervals do not overlap."""
+    mle, alpha, ci = fit.get("mle") or {}, fit.get("alpha"), fit.get("alpha_ci") or [None, None]
+    gamma, sigma = mle.get("gamma"), mle.get("sigma")
+    if alpha is None or gamma is None or gamma <= 1.0:
+        return None
+    implied = 1.0 / (gamma - 1.0)
+    half = 1.96 * (sigma or 0.0) / (gamma - 1.0) ** 2
+    implied_ci = [implied - half, implied + half]
+    lo, hi = (ci if None not in ci else [alpha, alpha])
+    disagree = implied_ci[1] < lo or implied_ci[0] > hi
+    return {"alpha_binned": alpha, "alpha_binned_ci": [lo, hi], "gamma": gamma, "gamma_sigma": sigma,
+            "alpha_implied": implied, "alpha_implied_ci": implied_ci, "disagree": bool(disagree)}
+
+
 def power_law_finding(power_laws: dict | None) -> Finding:
     """Supported if every seed's fit is `supported` (progsae.progressive.power_law: log-binned R² >= 0.9, no
     alternative significantly better over the same ranks, an exponent that does not bend); contradicted if every
@@ -271,12 +288,18 @@ def power_law_finding(power_laws: dict | None) -> Finding:
         text += f", R² = {_g(r2)} over ranks {rng[0]}–{rng[1]}"
         if fit.get("n_live") is not None:
             text += f" ({fit['n_live']} live latents)"
+        both = rank_exponents(fit)
+        if both:
+            text += (f"; likelihood γ = {_g(both['gamma'])} ± {_g(both['gamma_sigma'])} implies rank α = 1/(γ − 1) = "
+                     f"{_g(both['alpha_implied'])} [{_g(both['alpha_implied_ci'][0])}, {_g(both['alpha_implied_ci'][1])}], "
+                     + ("which disagrees with the log-binned α (intervals apart: the values are not one power law over "
+                        "these ranks)" if both["disagree"] else "which agrees with the log-binned α"))
         if lr:
             text += "; likelihood ratio vs " + ", ".join(
                 f"{n}: R = {_g(c['R'])}, p = {_g(c['p'])} ({c['preferred']})" for n, c in lr.items())
         parts.append(f"{text} → {outcome} ({why})")
         comps.append({"label": "power-law fit", "seed": s, "metric": "power law", "alpha": alpha, "alpha_ci": ci,
-                      "r2": r2, "fit_range": rng, "n_live": fit.get("n_live"), "lr_tests": lr,
+                      "r2": r2, "fit_range": rng, "n_live": fit.get("n_live"), "lr_tests": lr, "rank_exponents": both,
                       "rejected_for": fit.get("rejected_for") or [], "outcome": outcome, "why": why, "counted": True})
     w, t, l_ = _counts(comps)
     return Finding(claim, per_seed_verdict(w, t, l_), "; ".join(parts), w, t, l_, comps, "power_law")
