@@ -74,13 +74,13 @@ def test_identical_saes_tie_and_a_noisier_decoder_loses(tmp_path):
 
 
 def test_similarity_point_estimates_equal_the_plain_formulas(tmp_path):
-    from progsae.evals.common import sample_rows
+    from progsae.evals.common import spread_rows
     from progsae.evals.similarity import linear_cka, rsa
 
     store = _store(tmp_path / "s")
     sae = _sae()
     [res] = evaluate_similarity(store, [Variant.of(sae, "a")], SimilarityConfig(tokens=500, seed=2))
-    x, _ = sample_rows(store, 500, 2)
+    x, _ = spread_rows(store, 500, 2)
     with torch.no_grad():
         y = sae(x)
     assert res.rsa_original == pytest.approx(rsa(x, y), abs=1e-9)
