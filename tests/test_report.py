@@ -49,7 +49,7 @@ def test_all_findings_and_report_files(tmp_path):
     md_path, html_path = write_report(tmp_path, md)
     text = md_path.read_text()
     assert "| claim (docs/method.md) | this run | w / t / l | numbers |" in text
-    assert "| 8 / 0 / 0 |" in text  # the ordering finding: 2 pairs x 2 sizes x 2 modes, all won
+    assert "| 4 / 0 / 0 |" in text  # the ordering finding: 2 pairs x 2 sizes in retopk (mask shown, not counted), all won
     assert VERDICT_RULE in text
     # results cells carry their interval; the plot-only G = n copies are not listed again
     ef2 = next(r for r in records if r["method"] == "pruned-ef2" and r["size"] == 64 and r["mode"] == "mask" and r["seed"] == 0)

@@ -100,7 +100,9 @@ def test_quick_preset_writes_every_file_with_the_schema(quick_run):
     assert set(timings["train"]) == {"0", "1"}
     assert set(timings["train"]["0"]) == {f"vanilla-{g}" for g in sizes} | {f"matryoshka-{sizes[-1]}"}
     assert all(timings["stages"][s] > 0 for s in ("collect", "train", "evaluate"))
-    findings = json.loads((out / "findings.json").read_text())
+    doc = json.loads((out / "findings.json").read_text())
+    findings = doc["findings"]
+    assert isinstance(doc["reliable"], bool) and doc["reliable"] == (not doc["failed_checks"])
     assert len(findings) >= 5 and all(f["verdict"] in {"supported", "contradicted", "mixed", "inconclusive"} for f in findings)
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "## Is the run big enough to judge?" in (out / "report.md").read_text()
@@ -138,7 +140,7 @@ def test_streamed_quick_run_stores_no_train_rows_and_judges_like_the_cached_run(
         assert {k for k, v in r.items() if k.endswith("_ci") and v is not None} == {k for k, v in ref[key(r)].items() if k.endswith("_ci") and v is not None}
         if r["mode"] == "full" and r["method"] == "vanilla" and not r.get("full_size_copy"):
             assert abs(r["fvu"] - ref[key(r)]["fvu"]) < 0.1, key(r)
-    findings, cached_findings = (json.loads((d / "findings.json").read_text()) for d in (out, cached))
+    findings, cached_findings = (json.loads((d / "findings.json").read_text())["findings"] for d in (out, cached))
     assert [f["claim"] for f in findings] == [f["claim"] for f in cached_findings]
     for f, g in zip(findings, cached_findings):  # the same comparisons, counted the same way
         assert [(c.get("label"), c.get("seed"), c.get("metric")) for c in f["comparisons"]] == \

@@ -69,3 +69,17 @@ def test_feature_density_figure_counts_never_firing_latents(tmp_path):
     path = density_histograms_figure(firing, tmp_path / "d.png")
     assert path is not None and path.stat().st_size > 10_000
     assert density_histograms_figure({}, tmp_path / "e.png") is None
+
+
+def test_findings_json_says_unreliable_when_a_sufficiency_check_fails():
+    from progsae.report.findings import training_time_finding
+    from progsae.report.sufficiency import findings_document
+
+    still_falling = [{"tokens": t, "heldout_fvu": 0.3 - 0.001 * t / 1000, "lr": lr(t)} for t in range(5000, 100_001, 5000)]
+    flat = [{"tokens": t, "heldout_fvu": 0.2, "lr": lr(t)} for t in range(5000, 100_001, 5000)]
+    f = [training_time_finding({})]
+    bad = findings_document(f, [plateau_check({"x": still_falling})])
+    assert bad["reliable"] is False and "levelled off" in bad["failed_checks"][0]["check"]
+    assert "still falling: x" in bad["failed_checks"][0]["evidence"] and bad["findings"][0]["key"] == "training_time"
+    good = findings_document(f, [plateau_check({"x": flat})])
+    assert good["reliable"] is True and good["failed_checks"] == []

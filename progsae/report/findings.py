@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from progsae.evals.bootstrap import DEFAULT_REPLICATES, Comparison, interval, paired
+from progsae.evals.bootstrap import (DEFAULT_REPLICATES, SIGNIFICANCE, Comparison, bootstrap_p, holm, interval,
+                                     minimum_detectable, paired, seed_mean_replicates)
 
 VERDICTS = ("supported", "contradicted", "mixed", "inconclusive")
 PRUNED_ORDERS = ("pruned-ef2", "pruned-freq", "pruned-unsorted")
@@ -25,19 +26,28 @@ LOWER, HIGHER = -1, 1
 
 VERDICT_RULE = (
     "How the verdicts are reached. A comparison is a paired difference a − b between two SAEs scored on the same "
-    "test contexts, with the 95% percentile interval of its bootstrap replicates: a win when the interval excludes 0 "
-    "on the side the claim favours, a loss when it excludes 0 on the other side, a tie otherwise (also when there is "
-    "no interval or the number is missing). With several seeds a comparison is a win (loss) only when it is a win "
-    "(loss) in every seed; otherwise it is a tie. Over a finding's W wins, T ties and L losses (N = W + T + L): "
-    "mixed when W > 0 and L > 0; supported when L = 0 and W ≥ N/2; contradicted when W = 0 and L ≥ N/2; "
-    "inconclusive otherwise (mostly ties, or nothing measured). Interpretability is supported only when both of its "
-    "tests win (vanilla − Matryoshka gap > 0 overall, and outer-band gap > inner-band gap). The power law and the "
-    "training time are one check per seed (w / t / l count seeds): supported when every seed passes, contradicted "
-    "when every seed fails, inconclusive when no seed passes or fails, mixed otherwise. "
-    "Why: a difference inside its noise (0.9915 vs 0.9924 with overlapping replicates) is a tie, not a loss; at least "
-    "half the comparisons must agree so that a few significant results among many ties do not decide a claim; "
-    "one significant result against a claim makes it at best mixed; and a claim whose comparisons mostly lose "
-    "is contradicted, so the table can say no."
+    "test contexts. Its number is the mean over seeds; its 95% interval and two-sided p-value come from a "
+    "hierarchical bootstrap (each replicate draws the seeds with replacement, then uses their paired differences "
+    "on one shared resample of the test contexts), so seed-to-seed variation counts as noise: a comparison that wins "
+    "in two seeds and ties in one is judged by that interval, and one whose seeds disagree is a tie. Within a "
+    "finding the p-values of its counted comparisons are Holm-corrected (the family is the finding); a comparison "
+    "is a win (loss) when its corrected p < 0.05 on the side the claim favours (the other side), a tie otherwise, "
+    "also when there is no interval or a seed is missing. Counted once: retopk rows (L0 matched to k) decide the "
+    "ordering and Matryoshka claims while mask rows, whose L0 differs, are shown but not counted; recaptured CE "
+    "votes once (vs mean ablation; vs zero is shown), since both ratios share CE(SAE). The Matryoshka claim is "
+    "G < n; the trained Matryoshka-n vs vanilla-n at G = n is a context row of its own. Over a finding's W wins, "
+    "T ties and L losses (N = W + T + L): mixed when W > 0 and L > 0; supported when L = 0 and W ≥ N/2; "
+    "contradicted when W = 0 and L ≥ N/2; inconclusive otherwise (mostly ties, or nothing measured). "
+    "Interpretability has two tests (vanilla − Matryoshka gap > 0 overall, and outer-band gap > inner-band gap; "
+    "latents resampled within each seed, then seeds): supported only when both win, contradicted only when both "
+    "lose, mixed on one win and one loss, inconclusive otherwise; its minimum detectable gap (80% power) is printed. "
+    "The power law is one check per seed (w / t / l count seeds): supported when every seed passes, contradicted "
+    "when every seed fails. Training time is one interval (per-step medians over interleaved repeats): supported "
+    "when it lies at or below 1.5×, contradicted when above. "
+    "Why: a difference inside its noise is a tie, not a loss; seeds share the test contexts, so they are not "
+    "independent votes; at least half the comparisons must agree so that a few significant results among many ties "
+    "do not decide a claim; one significant result against a claim makes it at best mixed; and a claim whose "
+    "comparisons mostly lose is contradicted, so the table can say no."
 )
 
 
@@ -137,6 +147,16 @@ def comparison_label(c: dict) -> str:
     return (c.get("label") or f"{c['a']} − {c['b']}") + (f" ({' '.join(where)})" if where else "")
 
 
+def _seed_mean_text(c: dict) -> str:
+    """'seed mean d [lo, hi], Holm p' of a comparison."""
+    if "diff" not in c:
+        return ""
+    text = f"seed mean {fmt_diff(c)}"
+    if c.get("p_holm") is not None:
+        text += f", Holm p = {c['p_holm']:.2g}"
+    return text
+
+
 def _summary(comparisons: list[dict], list_max: int = 4) -> str:
     w, t, l_ = _counts(comparisons)
     text = f"{w} win / {t} tie / {l_} loss over {w + t + l_} paired comparisons"
@@ -144,7 +164,7 @@ def _summary(comparisons: list[dict], list_max: int = 4) -> str:
         hits = [c for c in comparisons if c.get("counted", True) and c["outcome"] == word]
         if not hits:
             continue
-        shown = "; ".join(f"{comparison_label(c)}: " + ", ".join(f"s{s} {fmt_diff(v)}" for s, v in c["seeds"].items())
+        shown = "; ".join(f"{comparison_label(c)}: {_seed_mean_text(c) + '; ' if 'diff' in c else ''}" + ", ".join(f"s{s} {fmt_diff(v)}" for s, v in c["seeds"].items())
                           for c in hits[:list_max])
         more = f"; … {len(hits) - list_max} more (see Comparisons)" if len(hits) > list_max else ""
         text += f". {'Wins' if word == 'win' else 'Losses'}: {shown}{more}"
@@ -191,20 +211,49 @@ def compare(index: dict, seeds: list, replicates: dict | None, a: tuple, b: tupl
     None when the metric is missing on either side in every seed (nothing to compare)."""
     per_seed: dict[str, dict | None] = {}
     scale = 1.0 - better * margin
+    diffs, diffs_R = [], []
     for s in seeds:
         ra, rb = index.get((s, *a)), index.get((s, *b))
         if ra is None or rb is None or ra.get(metric) is None or rb.get(metric) is None:
             per_seed[str(s)] = None
             continue
-        b_R = _rep(replicates, rb, metric)
-        c = paired(float(ra[metric]), scale * float(rb[metric]), _rep(replicates, ra, metric),
-                   None if b_R is None else scale * b_R, better)
+        a_R, b_R = _rep(replicates, ra, metric), _rep(replicates, rb, metric)
+        c = paired(float(ra[metric]), scale * float(rb[metric]), a_R, None if b_R is None else scale * b_R, better)
         per_seed[str(s)] = c.to_dict()
+        diffs.append(c.diff)
+        diffs_R.append(None if a_R is None or b_R is None or len(a_R) != len(b_R) else a_R - scale * b_R)
     if all(v is None for v in per_seed.values()):
         return None
-    return {"label": label or f"{a[0]} − {b[0]}", "a": a[0], "b": b[0], "metric": metric, "size": size, "mode": mode,
-            "better": "lower" if better < 0 else "higher", "seeds": per_seed,
-            "outcome": aggregate([v["outcome"] if v else None for v in per_seed.values()]), "counted": True}
+    out = {"label": label or f"{a[0]} − {b[0]}", "a": a[0], "b": b[0], "metric": metric, "size": size, "mode": mode,
+           "better": "lower" if better < 0 else "higher", "seeds": per_seed, "counted": True,
+           "missing_seeds": [s for s, v in per_seed.items() if v is None]}
+    out.update(seed_mean(diffs, diffs_R, better, n_seeds=len(seeds)))
+    return out
+
+
+def seed_mean(diffs: list[float], diffs_R: list, better: int, n_seeds: int) -> dict:
+    """The seed-mean difference with its hierarchical-bootstrap interval and two-sided p (seeds, then contexts).
+
+    Its outcome before multiple-comparison correction: win/loss when p < SIGNIFICANCE on the claim's/other side; a tie
+    without replicates for every measured seed, or when a seed is missing."""
+    mean = float(np.mean(diffs))
+    if not diffs_R or any(r is None for r in diffs_R) or len({len(r) for r in diffs_R}) != 1:
+        return {"diff": mean, "ci": None, "p": None, "outcome": "tie", "seed_count": len(diffs)}
+    mean_R = seed_mean_replicates(np.stack(diffs_R))
+    p = bootstrap_p(mean_R)
+    outcome = "tie" if p >= SIGNIFICANCE or len(diffs) < n_seeds else ("win" if mean * better > 0 else "loss")
+    return {"diff": mean, "ci": interval(mean_R), "p": p, "outcome": outcome, "seed_count": len(diffs),
+            "se": float(np.std(mean_R, ddof=1))}
+
+
+def apply_holm(comparisons: list[dict]) -> list[dict]:
+    """Holm-correct the p-values of a finding's counted comparisons (the family); outcomes follow the adjusted p."""
+    counted = [c for c in comparisons if c.get("counted", True) and c.get("p") is not None]
+    for c, adj in zip(counted, holm([c["p"] for c in counted])):
+        c["p_holm"] = adj
+        if adj >= SIGNIFICANCE:
+            c["outcome"] = "tie"
+    return comparisons
 
 
 def _rep(replicates: dict | None, record: dict, metric: str):
@@ -214,6 +263,7 @@ def _rep(replicates: dict | None, record: dict, metric: str):
 
 def comparisons_finding(key: str, claim: str, comparisons: list[dict], note: str = "", context: bool = False, rule=verdict) -> Finding:
     """A finding from its paired comparisons: counts, the verdict by `rule`, and evidence naming the wins and losses."""
+    apply_holm(comparisons)
     w, t, l_ = _counts(comparisons)
     evidence = _summary(comparisons) if comparisons else "nothing to compare (no matching records)"
     if note:
@@ -305,6 +355,17 @@ def power_law_finding(power_laws: dict | None) -> Finding:
     return Finding(claim, per_seed_verdict(w, t, l_), "; ".join(parts), w, t, l_, comps, "power_law")
 
 
+def primary_mode(modes: list[str]) -> str | None:
+    """The counted cut mode: retopk (L0 matched to the parent's k) when measured, else the first there is."""
+    return "retopk" if "retopk" in modes else (modes[0] if modes else None)
+
+
+def _secondary(c: dict | None, why: str) -> dict | None:
+    if c is not None:
+        c["counted"], c["secondary"] = False, why
+    return c
+
+
 # ---- (b) ordering ---------------------------------------------------------------------------------
 def ordering_finding(records: list[dict], replicates: dict | None = None, n: int | None = None, metric: str = "fvu") -> Finding:
     """E[f²] beats frequency and frequency beats unsorted on FVU, paired, at every G < n in each cut mode."""
@@ -312,45 +373,83 @@ def ordering_finding(records: list[dict], replicates: dict | None = None, n: int
     n = n if n is not None else full_size(records)
     index, seeds = _index(records), _seeds(records)
     comps = []
-    for mode in _cut_modes(records, PRUNED_ORDERS):
+    modes = _cut_modes(records, PRUNED_ORDERS)
+    primary = primary_mode(modes)
+    for mode in modes:
         for size in _sizes(records, PRUNED_ORDERS, mode, n):
             for a, b in zip(PRUNED_ORDERS, PRUNED_ORDERS[1:]):
                 c = compare(index, seeds, replicates, (a, size, mode), (b, size, mode), metric, LOWER, size=size, mode=mode)
+                if c and mode != primary:
+                    _secondary(c, f"{mode}: L0 differs between the cuts; {primary} is counted")
                 if c:
                     comps.append(c)
-    return comparisons_finding("ordering", claim, comps)
+    return comparisons_finding("ordering", claim, comps, note=_mode_note(primary, modes))
+
+
+def _mode_note(primary: str | None, modes: list[str]) -> str:
+    if primary is None:
+        return ""
+    others = [m for m in modes if m != primary]
+    return (f"Counted: {primary} rows" + (f"; {', '.join(others)} rows are shown, not counted (their L0 differs)" if others else
+            " (the only mode measured)"))
 
 
 # ---- (c) Matryoshka vs pruned vanilla -----------------------------------------------------------
 MATRYOSHKA_METRICS = (("fvu", LOWER), ("rsa", HIGHER), ("ce_recaptured_zero", HIGHER), ("ce_recaptured_mean", HIGHER))
+CE_COUNTED, CE_SHOWN = "ce_recaptured_mean", "ce_recaptured_zero"  # one CE vote: the two share CE(SAE), so they move together
+
+
+def _matryoshka_comparisons(records: list[dict], replicates: dict | None, index: dict, seeds: list, a: tuple, b: tuple,
+                            size, mode, label: str | None, missing: set) -> list[dict]:
+    """Matryoshka vs one reference on every metric of MATRYOSHKA_METRICS; the second CE ratio is shown, not counted."""
+    has_mean = any(r.get(CE_COUNTED) is not None for r in records)
+    out = []
+    for metric, better in MATRYOSHKA_METRICS:
+        c = compare(index, seeds, replicates, a, b, metric, better, label=label, size=size, mode=mode)
+        if c is None:
+            missing.add(metric)
+            continue
+        if metric == (CE_SHOWN if has_mean else CE_COUNTED):
+            _secondary(c, "the recaptured CE vs zero and vs mean ablation share CE(SAE): one vote")
+        out.append(c)
+    return out
 
 
 def matryoshka_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
-    """Matryoshka prefixes vs the E[f²]-pruned vanilla SAE at each G < n and cut mode, and once at G = n
-    (the trained Matryoshka-n vs vanilla-n, mode full), on FVU, RSA and recaptured CE."""
-    claim = "Matryoshka SAEs have lower FVU, higher RSA and better recaptured CE than E[f²]-pruned vanilla SAEs at every size"
+    """Matryoshka prefixes vs the E[f²]-pruned vanilla SAE at each G < n (retopk counted, mask shown), on FVU, RSA and
+    one recaptured CE."""
+    claim = ("Matryoshka prefixes have lower FVU, higher RSA and better recaptured CE than E[f²]-pruned vanilla SAEs "
+             "at every G < n")
     n = n if n is not None else full_size(records)
     index, seeds = _index(records), _seeds(records)
     comps, missing = [], set()
-    for mode in _cut_modes(records, ("matryoshka", "pruned-ef2")):
+    modes = _cut_modes(records, ("matryoshka", "pruned-ef2"))
+    primary = primary_mode(modes)
+    for mode in modes:
         for size in _sizes(records, ("matryoshka",), mode, n):
-            for metric, better in MATRYOSHKA_METRICS:
-                c = compare(index, seeds, replicates, ("matryoshka", size, mode), ("pruned-ef2", size, mode), metric, better,
-                            size=size, mode=mode)
-                if c:
-                    comps.append(c)
-                else:
-                    missing.add(metric)
-    if n is not None:  # G = n: the same two trained SAEs in every mode, so counted once
-        for metric, better in MATRYOSHKA_METRICS:
-            c = compare(index, seeds, replicates, ("matryoshka", n, "full"), ("vanilla", n, "full"), metric, better,
-                        label="matryoshka − vanilla (G = n, trained)", size=n, mode="full")
-            if c:
+            for c in _matryoshka_comparisons(records, replicates, index, seeds, ("matryoshka", size, mode),
+                                             ("pruned-ef2", size, mode), size, mode, None, missing):
+                if mode != primary:
+                    _secondary(c, f"{mode}: L0 differs between the cuts; {primary} is counted")
                 comps.append(c)
-            else:
-                missing.add(metric)
-    note = f"Not measured: {', '.join(sorted(missing))}" if missing else ""
+    note = _mode_note(primary, modes) + "; recaptured CE counted once (vs mean ablation; vs zero shown)"
+    if missing:
+        note += f". Not measured: {', '.join(sorted(missing))}"
     return comparisons_finding("matryoshka", claim, comps, note)
+
+
+def matryoshka_full_size_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
+    """Context: the trained Matryoshka-n vs the trained vanilla-n at G = n (no cut), on the Matryoshka metrics."""
+    claim = ("Context (not a claim of docs/method.md): at G = n the trained Matryoshka SAE has lower FVU, higher RSA and "
+             "better recaptured CE than the trained vanilla SAE")
+    n = n if n is not None else full_size(records)
+    index, seeds = _index(records), _seeds(records)
+    comps, missing = [], set()
+    if n is not None:
+        comps = _matryoshka_comparisons(records, replicates, index, seeds, ("matryoshka", n, "full"), ("vanilla", n, "full"),
+                                        n, "full", "matryoshka − vanilla (G = n, trained)", missing)
+    note = f"Not measured: {', '.join(sorted(missing))}" if missing else ""
+    return comparisons_finding("matryoshka_full_size", claim, comps, note, context=True)
 
 
 def matched_vanilla_finding(records: list[dict], replicates: dict | None = None, n: int | None = None) -> Finding:
@@ -386,7 +485,7 @@ def _why_unmeasured(band: dict | None) -> str:
 
 def _gap_comparison(a: float, b: float, diff_R: np.ndarray, label: str, seed: str, metric: str, **extra) -> dict:
     c = Comparison(a=a, b=b, diff=a - b, ci=interval(diff_R), better=HIGHER)
-    return {"label": label, "metric": metric, "seed": seed, **extra, **c.to_dict()}
+    return {"label": label, "metric": metric, "seed": seed, **extra, **c.to_dict(), "_R": diff_R}
 
 
 def _interp_seed(seed: str, per_method: dict, replicates: int, rng_seed: int) -> tuple[dict, dict | None, dict | None, list[str]]:
@@ -415,12 +514,23 @@ def _interp_seed(seed: str, per_method: dict, replicates: int, rng_seed: int) ->
         mean_gap = float(np.mean([g for _, g, _ in gaps_R]))
         mean_R = np.mean([r for _, _, r in gaps_R], axis=0)
         overall = {"label": "mean gap over bands", "metric": "interp", "seed": seed,
-                   **Comparison(a=mean_gap, b=0.0, diff=mean_gap, ci=interval(mean_R), better=HIGHER).to_dict()}
+                   **Comparison(a=mean_gap, b=0.0, diff=mean_gap, ci=interval(mean_R), better=HIGHER).to_dict(), "_R": mean_R}
     if len(gaps_R) >= 2:
         (iname, ig, iR), (oname, og, oR) = gaps_R[0], gaps_R[-1]
         outer_inner = _gap_comparison(og, ig, oR - iR, f"gap outer ({oname}) − gap inner ({iname})", seed, "interp",
                                       inner=iname, outer=oname)
     return bands_out, overall, outer_inner, skipped
+
+
+def _interp_seed_mean(per: dict, n_seeds: int) -> dict:
+    """Seed-mean gap of an interpretability test: latents resampled within each seed, then seeds (hierarchical)."""
+    got = [x for x in per.values() if x]
+    if not got:
+        return {"diff": None, "ci": None, "p": None, "outcome": "tie"}
+    out = seed_mean([x["diff"] for x in got], [x.get("_R") for x in got], HIGHER, n_seeds)
+    if all(x.get("_R") is not None for x in got):
+        out["mde"] = minimum_detectable(seed_mean_replicates(np.stack([x["_R"] for x in got])))
+    return out
 
 
 def interpretability_finding(bands: dict | None, replicates: int = DEFAULT_REPLICATES, seed: int = INTERP_SEED) -> Finding:
@@ -431,9 +541,11 @@ def interpretability_finding(bands: dict | None, replicates: int = DEFAULT_REPLI
     aggregated over seeds by the common rule: the mean gap over measured bands > 0, and the outer band's gap minus the
     inner band's > 0 (same replicates). Bands not measured are skipped and named."""
     claim = "Pruned vanilla SAEs are more interpretable than Matryoshka SAEs, with the largest gap in the outer bands"
-    if bands and ("pruned-ef2" in bands or "matryoshka" in bands):  # one seed, not per seed
+    bands = dict(bands or {})
+    explainer = bands.pop("explainer", None) or "token-identity baseline"  # runs before the key used the deterministic one
+    if "pruned-ef2" in bands or "matryoshka" in bands:  # one seed, not per seed
         bands = {0: bands}
-    per_seed = {str(s): b for s, b in (bands or {}).items() if b and "pruned-ef2" in b and "matryoshka" in b}
+    per_seed = {str(s): b for s, b in bands.items() if isinstance(b, dict) and "pruned-ef2" in b and "matryoshka" in b}
     if not per_seed:
         return Finding(claim, "inconclusive", "interpretability was not evaluated for both pruned-ef2 and matryoshka",
                        key="interpretability")
@@ -447,8 +559,7 @@ def interpretability_finding(bands: dict | None, replicates: int = DEFAULT_REPLI
     for label, per in (("pruned-ef2 − matryoshka, mean gap over bands", overall),
                        ("gap outer band − gap inner band", outer_inner)):
         comps.append({"label": label, "a": "pruned-ef2", "b": "matryoshka", "metric": "interp", "size": None, "mode": None,
-                      "better": "higher", "seeds": per, "counted": True,
-                      "outcome": aggregate([v["outcome"] if v else None for v in per.values()])})
+                      "better": "higher", "seeds": per, "counted": True, **_interp_seed_mean(per, len(per_seed))})
     by_band: dict[str, dict] = {}
     for r in band_rows:
         by_band.setdefault(r["band"], {})[r["seed"]] = r
@@ -456,12 +567,18 @@ def interpretability_finding(bands: dict | None, replicates: int = DEFAULT_REPLI
         comps.append({"label": f"band {name}: pruned-ef2 − matryoshka", "a": "pruned-ef2", "b": "matryoshka",
                       "metric": "interp", "size": None, "mode": None, "better": "higher", "band": name,
                       "seeds": {s: per.get(s) for s in sorted(per_seed)}, "counted": False,
-                      "outcome": aggregate([per[s]["outcome"] if s in per else None for s in sorted(per_seed)])})
+                      **_interp_seed_mean(per, len(per_seed))})
+    apply_holm(comps)
     w, t, l_ = _counts(comps)
-    v = verdict(w, t, l_)
-    if v == "supported" and w < 2:  # both tests must win
-        v = "inconclusive"
-    evidence = _summary(comps)
+    v = ("supported" if w == 2 else "contradicted" if l_ == 2 else "mixed" if w and l_ else "inconclusive")
+    for c in comps:
+        for x in c["seeds"].values():
+            if x:
+                x.pop("_R", None)
+    mde = "; ".join(f"{c['label']}: {_g(c.get('mde'))}" for c in comps if c.get("mde") is not None)
+    evidence = (f"Explainer: {explainer}. " + _summary(comps)
+                + (f". Minimum detectable gap (80% power, two-sided 5%; 2.80 × bootstrap SE of the seed-mean gap): {mde}"
+                   if mde else ""))
     band_text = "; ".join(f"{c['label']}: " + ", ".join(
         f"s{s} {_g(x['a'])} vs {_g(x['b'])} = {fmt_diff(x)}" for s, x in c["seeds"].items() if x)
         for c in comps if not c["counted"])
@@ -554,6 +671,7 @@ def compute_findings(records: list[dict], replicates: dict | None, power_laws: d
         power_law_finding(power_laws),
         ordering_finding(records, replicates, n),
         matryoshka_finding(records, replicates, n),
+        matryoshka_full_size_finding(records, replicates, n),
         matched_vanilla_finding(records, replicates, n),
         interpretability_finding(bands),
         training_time_finding(timings),

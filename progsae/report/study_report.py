@@ -10,7 +10,7 @@ from progsae.report.k_grid import grid_section
 from progsae.report.render import render_markdown, write_report
 from progsae.report.size_plots import plot_interp_bands, plot_metric_vs_size
 from progsae.report.study_figures import plot_l0_fvu_frontier, plot_paired_differences
-from progsae.report.sufficiency import (density_histograms_figure, density_rows, plateau_check, size_check, sufficiency_section,
+from progsae.report.sufficiency import (findings_document, density_histograms_figure, density_rows, plateau_check, size_check, sufficiency_section,
                                         training_curves_figure)
 from progsae.provenance import environment
 from progsae.sae.io import atomic_write_json
@@ -61,7 +61,8 @@ def write_study_report(ctx) -> None:
     trained = {r["variant"]: r["source"] for r in recon if "/saes/" in r["source"] and r.get("mode") is None}
     if density_histograms_figure({trained[v]: f for v, f in firing.items() if v in trained}, ctx.path("figures", "feature_density.png")):
         figures.append(("Feature density (log10 firing frequency on test tokens) of every trained SAE", "figures/feature_density.png"))
-    sufficiency = sufficiency_section([size_check(records, reps), plateau_check(curves)], density_rows(recon))
+    checks = [size_check(records, reps), plateau_check(curves)]
+    sufficiency = sufficiency_section(checks, density_rows(recon))
 
     n = cfg.n_latents
     timing_rows = []
@@ -89,7 +90,7 @@ def write_study_report(ctx) -> None:
             "stage_commits": {name: (read_marker(out, name) or {}).get("git_commit") for name in t["stages"]}}
     atomic_write_json(ctx.path("provenance.json"), prov)
     findings = compute_findings(records, reps, power_laws, bands, t)
-    atomic_write_json(ctx.path("findings.json"), [f.to_dict() for f in findings])
+    atomic_write_json(ctx.path("findings.json"), findings_document(findings, checks))
     grid = json.loads(ctx.path("kgrid", "results.json").read_text()) if ctx.path("kgrid", "results.json").exists() else []
     grid_lines, grid_found = grid_section(grid, load_replicates(ctx, "kgrid"), cfg.train.k, n, cfg.eval.modes[0],
                                           ctx.path("figures", "k_grid_frontier.png"))

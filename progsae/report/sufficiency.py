@@ -105,6 +105,13 @@ def plateau_check(curves: dict[str, list[dict]]) -> Check:
     return Check(name, not failing, evidence)
 
 
+def findings_document(findings: list, checks: list[Check]) -> dict:
+    """findings.json: whether the run can be judged (every sufficiency check held), the checks that failed, the findings."""
+    failed = [{"check": c.name, "evidence": c.evidence} for c in checks if c.passed is False]
+    return {"reliable": not failed, "failed_checks": failed,
+            "unmeasured_checks": [c.name for c in checks if c.passed is None], "findings": [f.to_dict() for f in findings]}
+
+
 def density_rows(recon_records: list[dict]) -> list[list]:
     """[SAE, dead fraction, dense fraction, L0] of every full-size or size-matched SAE on the test rows."""
     rows = []
