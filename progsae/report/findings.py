@@ -458,13 +458,17 @@ def matched_vanilla_finding(records: list[dict], replicates: dict | None = None,
     n = n if n is not None else full_size(records)
     index, seeds = _index(records), _seeds(records)
     comps = []
-    for mode in _cut_modes(records, ("matryoshka",)):
+    modes = _cut_modes(records, ("matryoshka",))
+    primary = primary_mode(modes)
+    for mode in modes:
         for size in _sizes(records, ("matryoshka",), mode, n):
             c = compare(index, seeds, replicates, ("matryoshka", size, mode), ("vanilla", size, "full"), "fvu", LOWER,
                         label="matryoshka − vanilla-G", size=size, mode=mode)
+            if c and mode != primary:
+                _secondary(c, f"{mode}: the prefix's L0 differs from the vanilla SAE's k; {primary} is counted")
             if c:
                 comps.append(c)
-    return comparisons_finding("matryoshka_vs_matched", claim, comps, context=True)
+    return comparisons_finding("matryoshka_vs_matched", claim, comps, note=_mode_note(primary, modes), context=True)
 
 
 # ---- (d) interpretability -------------------------------------------------------------------------
