@@ -11,7 +11,6 @@ bootstrap of the difference. Intervals are percentile intervals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from statistics import NormalDist
 
 import numpy as np
@@ -143,12 +142,8 @@ def holm(p: list[float]) -> list[float]:
     return out
 
 
-def minimum_detectable(diff_R: np.ndarray, power: float = 0.8, alpha: float = SIGNIFICANCE) -> float | None:
+def minimum_detectable(se: float, power: float = 0.8, alpha: float = SIGNIFICANCE) -> float:
     """The smallest true difference a two-sided test at `alpha` detects with `power`: (z_{1−α/2} + z_power) × the
-    bootstrap standard error (2.80 × SE at 80% power and α = 0.05)."""
-    d = np.asarray(diff_R, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if d.size < 2:
-        return None
+    standard error (2.80 × SE at 80% power and α = 0.05)."""
     z = NormalDist().inv_cdf
-    return float((z(1 - alpha / 2) + z(power)) * d.std(ddof=1))
+    return float((z(1 - alpha / 2) + z(power)) * se)

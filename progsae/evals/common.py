@@ -94,4 +94,3 @@ def spread_rows(store, n: int, seed: int = 0, split: str = "test") -> tuple[torc
     if not xs:
         raise ProgsaeError(f"{store.path}: the '{split}' split has no rows to sample")
     return torch.cat(xs), np.concatenate(ctxs)
-

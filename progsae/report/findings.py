@@ -148,13 +148,13 @@ def comparison_label(c: dict) -> str:
 
 
 def _seed_mean_text(c: dict) -> str:
-    """'seed mean d [lo, hi], Holm p' of a comparison."""
+    """'seed mean d [lo, hi], Holm p; ' of a comparison ('' for one without a seed mean)."""
     if "diff" not in c:
         return ""
     text = f"seed mean {fmt_diff(c)}"
     if c.get("p_holm") is not None:
         text += f", Holm p = {c['p_holm']:.2g}"
-    return text
+    return text + "; "
 
 
 def _summary(comparisons: list[dict], list_max: int = 4) -> str:
@@ -164,7 +164,7 @@ def _summary(comparisons: list[dict], list_max: int = 4) -> str:
         hits = [c for c in comparisons if c.get("counted", True) and c["outcome"] == word]
         if not hits:
             continue
-        shown = "; ".join(f"{comparison_label(c)}: {_seed_mean_text(c) + '; ' if 'diff' in c else ''}" + ", ".join(f"s{s} {fmt_diff(v)}" for s, v in c["seeds"].items())
+        shown = "; ".join(f"{comparison_label(c)}: {_seed_mean_text(c)}" + ", ".join(f"s{s} {fmt_diff(v)}" for s, v in c["seeds"].items())
                           for c in hits[:list_max])
         more = f"; … {len(hits) - list_max} more (see Comparisons)" if len(hits) > list_max else ""
         text += f". {'Wins' if word == 'win' else 'Losses'}: {shown}{more}"
@@ -532,8 +532,8 @@ def _interp_seed_mean(per: dict, n_seeds: int) -> dict:
     if not got:
         return {"diff": None, "ci": None, "p": None, "outcome": "tie"}
     out = seed_mean([x["diff"] for x in got], [x.get("_R") for x in got], HIGHER, n_seeds)
-    if all(x.get("_R") is not None for x in got):
-        out["mde"] = minimum_detectable(seed_mean_replicates(np.stack([x["_R"] for x in got])))
+    if out.get("se") is not None:  # the SE of the same hierarchical replicates that gave the interval
+        out["mde"] = minimum_detectable(out["se"])
     return out
 
 

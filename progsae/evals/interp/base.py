@@ -52,4 +52,3 @@ class Simulator(Protocol):
 def explainer_label(explainer: str, llm_model: str | None = None) -> str:
     """What the report calls an explainer: the deterministic one is a token-identity baseline, not an LLM."""
     return "token-identity baseline" if explainer == "deterministic" else f"llm ({llm_model or 'smollm2'})"
-
