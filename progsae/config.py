@@ -127,6 +127,10 @@ class StudyConfig:
         if seeds is not None and (not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds)
                                   or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
             raise ProgsaeError(f"{source}: train.seeds must be a non-empty list of distinct integers, got {seeds!r}")
+        for name in ("ce_contexts", "interp_latents_per_band", "recon_tokens"):  # None: every context / latent / row
+            v = getattr(self.eval, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ProgsaeError(f"{source}: eval.{name} must be a positive integer, or null for all, got {v!r}")
         if self.eval.bootstrap_replicates < 100:
             raise ProgsaeError(f"{source}: eval.bootstrap_replicates must be at least 100, got {self.eval.bootstrap_replicates}")
         if self.train.k > g[0]:

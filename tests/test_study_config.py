@@ -24,6 +24,9 @@ def test_presets_load_and_round_trip(preset):
         ({"train": {"granularities": [4096, 2048, 8192]}}, "must strictly increase"),
         ({"train": {"k": 64, "granularities": [32, 128]}}, "exceeds the smallest granularity"),
         ({"train": {"epoch": 2}}, r"unknown keys \['epoch'\] in 'train'"),
+        ({"eval": {"interp_latents_per_band": 0}}, r"eval.interp_latents_per_band must be a positive integer, or null"),
+        ({"eval": {"ce_contexts": -4}}, r"eval.ce_contexts must be a positive integer, or null"),
+        ({"eval": {"recon_tokens": 0}}, r"eval.recon_tokens must be a positive integer, or null"),
     ],
 )
 def test_bad_values_are_refused_by_name(tmp_path, change, message):
